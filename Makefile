@@ -1,0 +1,51 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test` (the tests).
+# Each creates .venv, installs torch==2.13.0 FIRST (CPU build; an unpinned torch would pull GBs of CUDA
+# packages), then the package. `make test` installs the Debian packages napari needs when run as root.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH := torch==2.13.0
+DEBIAN_PKGS := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-xinput0 libdbus-1-3 \
+	libfontconfig1 libxkbcommon-x11-0 libxcb-render-util0 libxcb-image0 libxcb-shape0 libgl1 libegl1
+DEMO_DIR := out/demo
+
+.PHONY: install install-test system-deps demo test lint clean
+
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml
+	$(PIP) install --quiet -e ".[napari,test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+system-deps:
+	@missing=""; for p in $(DEBIAN_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = "0" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+		echo "napari's tests need these Debian packages; as root run: apt-get install$$missing"; exit 1; \
+	fi
+
+# Until the napari docks land (issue 4) the demo runs the command-line pipeline on the sample CT.
+demo: install
+	$(VENV)/bin/covidseg sample -o $(DEMO_DIR)
+	$(VENV)/bin/covidseg models
+	$(VENV)/bin/covidseg segment $(DEMO_DIR)/covidseg_phantom_ct.nii.gz -o $(DEMO_DIR)/lesions_pred.nii.gz
+
+test: install system-deps
+	QT_API=pyqt5 xvfb-run -a -s "-screen 0 1280x1024x24" $(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check src tests
+
+clean:
+	rm -rf $(VENV) out build *.egg-info src/*.egg-info

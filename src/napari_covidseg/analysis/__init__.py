@@ -1,0 +1,1 @@
+"""Quantitative analysis of segmentations: per-class metrics against a reference."""

@@ -1,0 +1,202 @@
+"""`covidseg` command line: segment, classify, evaluate, models, sample.
+
+Bad input (unreadable file, unknown model, wrong arguments) prints one line ``covidseg: error: ...`` and exits 2.
+Progress bars go to stderr; results (JSON or tables) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from napari_covidseg.errors import InputError
+
+EXIT_BAD_INPUT = 2
+DEFAULT_SEGMENTATION_MODEL = "unet"
+DEFAULT_CLASSIFICATION_MODEL = "daresnet18_3d"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one readable line instead of usage + message
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _progress_bar(desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True, disable=None)
+
+    def update(p) -> None:
+        bar.total = p.total
+        bar.set_description(f"{desc}: {p.stage}" if p.stage else desc)
+        bar.n = p.done
+        bar.refresh()
+
+    return bar, update
+
+
+def _model(args: argparse.Namespace, default: str, task: str):
+    """Load the chosen model up front, so a bad name or checkpoint fails before any work starts."""
+    from napari_covidseg.models.checkpoint import resolve_model
+
+    return resolve_model(Path(args.checkpoint) if args.checkpoint else (args.model or default), task=task)
+
+
+def _load(path: str):
+    from napari_covidseg.io import load_ct
+
+    volume = load_ct(path)
+    for note in volume.meta.get("notes", []):
+        print(f"covidseg: note: {note}", file=sys.stderr)
+    return volume
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from napari_covidseg.inference import segment_volume
+    from napari_covidseg.io import save_labels
+
+    volume = _load(args.input)
+    model = _model(args, DEFAULT_SEGMENTATION_MODEL, "segmentation")
+    bar, update = _progress_bar("segment")
+    with bar:
+        seg = segment_volume(volume, model, device=args.device, batch_size=args.batch_size, progress=update)
+    out = save_labels(seg.labels, like=volume, path=args.output)
+    summary = {
+        "output": str(out),
+        "model": seg.card.name,
+        "device": seg.device,
+        "seconds": round(seg.seconds, 2),
+        "volume_ml": {k: round(v, 2) for k, v in seg.volumes_ml(volume.spacing).items()},
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from napari_covidseg.inference import classify_volume
+    from napari_covidseg.io import save_array
+
+    volume = _load(args.input)
+    model = _model(args, DEFAULT_CLASSIFICATION_MODEL, "classification")
+    bar, update = _progress_bar("classify")
+    with bar:
+        result = classify_volume(volume, model, device=args.device, progress=update)
+    summary = {
+        "model": result.card.name,
+        "predicted": result.predicted,
+        "probabilities": {k: round(v, 4) for k, v in result.probabilities.items()},
+        "cam_class": result.cam_class,
+        "device": result.device,
+    }
+    if args.cam:
+        summary["cam"] = str(save_array(result.cam.astype("float32"), like=volume, path=args.cam))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_covidseg.analysis.evaluate import evaluate_folder
+
+    report = evaluate_folder(
+        Path(args.images),
+        Path(args.masks),
+        _model(args, DEFAULT_SEGMENTATION_MODEL, "segmentation"),
+        device=args.device,
+        per_image=args.per_image,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from napari_covidseg.models import list_architectures
+    from napari_covidseg.models.checkpoint import list_checkpoints
+
+    checkpoints = list_checkpoints()
+    print("Architectures (name, task, paper) and the trained weights installed for each:")
+    for arch in list_architectures():
+        print(f"\n{arch.name}  [{arch.task}, {arch.spatial_dims}D]  {arch.summary}")
+        if arch.paper:
+            print(f"    paper: {arch.paper}")
+        mine = [c for c in checkpoints if c.card.architecture == arch.name]
+        for c in mine:
+            where = "bundled" if c.bundled else "user"
+            print(f"    weights {c.name!r} ({where}): {c.card.summary()}")
+            if c.card.notes:
+                print(f"        note: {c.card.notes}")
+        if not mine:
+            print("    weights: none installed (untrained; segment/classify need --checkpoint)")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from napari_covidseg.sample import write_sample
+
+    shape = tuple(int(v) for v in args.shape.split(","))
+    if len(shape) != 3 or min(shape) < 1:
+        raise InputError(f"--shape must be three positive integers z,y,x, got {args.shape!r}")
+    paths = write_sample(Path(args.output), seed=args.seed, shape=shape)
+    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="covidseg", description="COVID-19 chest-CT lesion segmentation and classification.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def model_args(p: argparse.ArgumentParser, default: str) -> None:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--model", help=f"installed model name (default: {default}; see `covidseg models`)")
+        group.add_argument("--checkpoint", help="a .safetensors file with its .json model card beside it")
+        p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+
+    p = sub.add_parser("segment", help="segment lesions slice by slice; writes a NIfTI label map")
+    p.add_argument("input", help="NIfTI file, DICOM folder or file, PNG/JPG slice(s) or .npy")
+    p.add_argument("-o", "--output", required=True, help="output label map (.nii.gz), same geometry as the input")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (memory grows with it)")
+    model_args(p, DEFAULT_SEGMENTATION_MODEL)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("classify", help="COVID-19 / common pneumonia / normal for a whole volume, with CAM")
+    p.add_argument("input")
+    p.add_argument("--cam", help="write the class-activation map as NIfTI (.nii.gz) on the CT grid")
+    model_args(p, DEFAULT_CLASSIFICATION_MODEL)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("evaluate", help="segment every image in a folder and score it against same-stem masks")
+    p.add_argument("--images", required=True, help="folder of slice images or volumes")
+    p.add_argument("--masks", required=True, help="folder of reference masks named like the images")
+    p.add_argument("--per-image", action="store_true", help="also list each image's scores")
+    model_args(p, DEFAULT_SEGMENTATION_MODEL)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("models", help="list architectures and installed weights with their model cards")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("sample", help="write the synthetic phantom CT with its lesion and lung masks (NIfTI)")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", default="48,256,256", help="z,y,x voxels (default 48,256,256)")
+    p.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): return the code instead of exiting
+        return int(exc.code or 0)
+    try:
+        return args.func(args)
+    except InputError as exc:  # includes CheckpointError
+        print(f"covidseg: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("covidseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Class ids, names, colours and intensity windows: the one place they are defined.
+
+Everything else imports these; nothing retypes them.
+"""
+
+from __future__ import annotations
+
+# Lesion classes of the segmentation models (label value -> name). 0 is background.
+BACKGROUND = 0
+GGO = 1
+CONSOLIDATION = 2
+EFFUSION = 3
+
+LESION_CLASSES: dict[int, str] = {
+    BACKGROUND: "background",
+    GGO: "ground-glass opacity",
+    CONSOLIDATION: "consolidation",
+    EFFUSION: "pleural effusion",
+}
+
+# RGBA in 0..1, fixed per class so every layer, screenshot and report agrees.
+LESION_COLOURS: dict[int, tuple[float, float, float, float]] = {
+    BACKGROUND: (0.0, 0.0, 0.0, 0.0),
+    GGO: (1.0, 0.85, 0.0, 1.0),  # yellow
+    CONSOLIDATION: (0.9, 0.1, 0.1, 1.0),  # red
+    EFFUSION: (0.15, 0.45, 1.0, 1.0),  # blue
+}
+
+# Whole-volume diagnosis classes of the 3D classifier, in output order.
+DIAGNOSIS_CLASSES: tuple[str, ...] = ("COVID-19", "common pneumonia", "normal")
+
+# Hounsfield units of the phantom tissues and of the usual windows.
+HU_AIR = -1000.0
+HU_LUNG = -850.0
+LUNG_WINDOW: tuple[float, float] = (-1350.0, 150.0)  # centre -600, width 1500
+BODY_THRESHOLD_HU = -500.0  # voxels above this are body (or table) when cropping

@@ -1,0 +1,55 @@
+"""Write labels (or any display-order array) back to NIfTI in the source scan's geometry."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from napari_covidseg.errors import InputError
+from napari_covidseg.io.orientation import to_disk
+from napari_covidseg.io.volume import CTVolume
+
+
+def save_labels(labels: np.ndarray, like: CTVolume, path: str | Path) -> Path:
+    """Write a label array (display order, same shape as ``like.array``) as uint8 NIfTI with ``like``'s affine.
+
+    The display reorientation is undone first, so the file overlays the original scan voxel for voxel.
+    """
+    labels = np.asarray(labels)
+    if labels.shape != like.shape:
+        raise InputError(f"labels shape {labels.shape} does not match the CT {like.shape}")
+    if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
+        raise InputError("labels must be integers in 0..255")
+    return save_array(labels.astype(np.uint8), like, path)
+
+
+def save_array(array: np.ndarray, like: CTVolume, path: str | Path) -> Path:
+    """Write any display-order array (labels uint8, CAM float32, CT int16) in ``like``'s on-disk geometry."""
+    path = Path(path)
+    if not (path.name.endswith(".nii.gz") or path.name.endswith(".nii")):
+        raise InputError(f"{path}: output must end in .nii.gz or .nii")
+    disk = to_disk(np.asarray(array), like.meta["ornt"])
+    img = nib.Nifti1Image(disk, like.affine)
+    img.set_sform(like.affine, code=int(like.meta.get("sform_code", 1)) or 1)
+    img.set_qform(like.affine, code=int(like.meta.get("qform_code", 1)) or 1)
+    img.header.set_xyzt_units("mm", "sec")
+    _atomic_save(img, path)
+    return path
+
+
+def _atomic_save(img: nib.Nifti1Image, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

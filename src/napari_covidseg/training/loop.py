@@ -1,0 +1,104 @@
+"""The segmentation training loop: Dice + cross-entropy, Adam, cosine schedule, callbacks, cancellation.
+
+Input tensors come from :func:`napari_covidseg.inference.preprocess.prepare_slices`, so a network is trained on
+slices prepared exactly as inference prepares them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_covidseg.inference.device import autocast, resolve_device
+from napari_covidseg.inference.segment import Cancelled
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Cross-entropy plus soft Dice loss averaged over the foreground classes present in the batch or predicted."""
+    ce = F.cross_entropy(logits, target)
+    probs = logits.float().softmax(dim=1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + smooth) / (denom + smooth)
+    return ce + (1 - dice[1:]).mean()
+
+
+@dataclass
+class TrainResult:
+    """Loss per step, wall time, and whether the run finished."""
+
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+
+
+def _augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random 90-degree rotations, flips and intensity jitter (same geometry for image and mask)."""
+    k = int(torch.randint(0, 4, (1,), generator=gen))
+    x, y = torch.rot90(x, k, dims=(-2, -1)), torch.rot90(y, k, dims=(-2, -1))
+    if bool(torch.randint(0, 2, (1,), generator=gen)):
+        x, y = x.flip(-1), y.flip(-1)
+    scale = 1 + 0.1 * (torch.rand(x.shape[0], 1, 1, 1, generator=gen) - 0.5)
+    shift = 0.05 * (torch.rand(x.shape[0], 1, 1, 1, generator=gen) - 0.5)
+    return (x * scale + shift).clamp(0, 1), y
+
+
+def train_segmentation(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str = "auto",
+    augment: bool = True,
+    progress: Callable[[int, int, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on ``images`` (N, 1, H, W) in [0, 1] and ``labels`` (N, H, W) int64.
+
+    ``progress(step, steps, loss)`` is called after every step; ``should_stop()`` is checked after every step and
+    raises :class:`Cancelled` (the caller then discards the model: nothing half-trained is saved here).
+    """
+    if len(images) == 0 or len(images) != len(labels):
+        raise ValueError("need the same, non-zero number of images and labels")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    dev = resolve_device(device)
+    model.to(dev).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
+    result, start = TrainResult(), time.perf_counter()
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=gen)
+        x, y = images[idx], labels[idx]
+        if augment:
+            x, y = _augment(x, y, gen)
+        with autocast(dev):
+            loss = dice_ce_loss(model(x.to(dev)), y.to(dev))
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        value = loss.item()
+        result.losses.append(value)
+        result.steps = step
+        if progress is not None:
+            progress(step, steps, value)
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"training cancelled at step {step}")
+    result.seconds = time.perf_counter() - start
+    model.eval()
+    return result
