@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_covidseg.analysis.metrics import INFECTION, aggregate, count_image
+from napari_covidseg.analysis.metrics import INFECTION, aggregate, count_image, json_safe
 from napari_covidseg.constants import LESION_CLASSES, LESION_COLOURS, LUNG_WINDOW
 from napari_covidseg.inference import segment_volume
 from napari_covidseg.inference.preprocess import prepare_slices
@@ -88,7 +88,7 @@ def main() -> None:
         pred = segment_volume(vol, LoadedModel(model, card)).labels
         per_image.append(count_image(pred, ph.lesions, groups=INFECTION))
     for mode in ("mean over images", "pooled"):
-        card.metrics.setdefault("values", {})[mode] = aggregate(per_image, mode=mode)
+        card.metrics.setdefault("values", {})[mode] = json_safe(aggregate(per_image, mode=mode))
     card.metrics["protocol"] = (
         f"Dice etc. on held-out synthetic phantoms (seeds {TEST_SEEDS}), each volume one image; NOT real CT"
     )

@@ -100,3 +100,14 @@ def test_card_that_is_not_json(tmp_path):
 def test_unknown_model_name_lists_what_exists():
     with pytest.raises(CheckpointError, match="no trained weights named 'nope'"):
         resolve_model("nope")
+
+
+def test_checkpoint_files_are_readable_by_others_like_plain_files(tmp_path):
+    import os
+
+    card = segmentation_card()
+    ckpt = save_checkpoint(build_for(card), card, tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (ckpt.weights, tmp_path / "tiny-unet.json"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask

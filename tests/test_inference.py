@@ -92,7 +92,7 @@ def test_result_independent_of_on_disk_orientation(tiny_unet, tmp_path):
 def test_trained_unet_finds_phantom_lesions_on_unseen_phantom():
     """A tiny U-Net trained briefly on two phantoms segments a third (other seed) far better than chance."""
     torch.manual_seed(0)
-    card = segmentation_card(size=96, base_width=8)
+    card = segmentation_card(size=64, base_width=8)
     model = build_for(card)
     xs, ys = [], []
     for seed in (1, 2):
@@ -100,14 +100,14 @@ def test_trained_unet_finds_phantom_lesions_on_unseen_phantom():
         x, y = prepare_slices(vol, card, lesions)
         xs.append(x)
         ys.append(y)
-    history = train_segmentation(model, torch.cat(xs), torch.cat(ys), steps=120, batch_size=8, lr=3e-3, device="cpu")
+    history = train_segmentation(model, torch.cat(xs), torch.cat(ys), steps=80, batch_size=8, lr=3e-3, device="cpu")
     assert np.mean(history.losses[-10:]) < np.mean(history.losses[:10])
     test_vol, truth = phantom_volume(7, shape=(16, 128, 128))
     pred = segment_volume(test_vol, LoadedModel(model, card), device="cpu").labels
     infected_pred, infected_true = pred > 0, truth > 0
     dice = 2 * (infected_pred & infected_true).sum() / (infected_pred.sum() + infected_true.sum())
-    print(f"held-out phantom lesion Dice after 120 steps: {dice:.3f}")
-    assert dice > 0.3
+    print(f"held-out phantom lesion Dice after 80 steps: {dice:.3f}")
+    assert dice > 0.5
 
 
 def test_classify_probabilities_and_cam_on_ct_grid():

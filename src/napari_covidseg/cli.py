@@ -41,7 +41,10 @@ def _model(args: argparse.Namespace, default: str, task: str):
     """Load the chosen model up front, so a bad name or checkpoint fails before any work starts."""
     from napari_covidseg.models.checkpoint import resolve_model
 
-    return resolve_model(Path(args.checkpoint) if args.checkpoint else (args.model or default), task=task)
+    loaded = resolve_model(Path(args.checkpoint) if args.checkpoint else (args.model or default), task=task)
+    if loaded.card.notes:  # e.g. "demonstration weights": the user must see it next to the numbers
+        print(f"covidseg: note: model {loaded.card.name!r}: {loaded.card.notes}", file=sys.stderr)
+    return loaded
 
 
 def _load(path: str):

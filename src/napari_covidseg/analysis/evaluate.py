@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from napari_covidseg.analysis.metrics import AGGREGATIONS, INFECTION, aggregate, count_image, scores_from_counts
+from napari_covidseg.analysis.metrics import (
+    AGGREGATIONS,
+    INFECTION,
+    aggregate,
+    count_image,
+    json_safe,
+    scores_from_counts,
+)
 from napari_covidseg.errors import InputError
 from napari_covidseg.inference import segment_volume
 from napari_covidseg.io import is_supported, load_ct, source_stem
@@ -42,7 +48,10 @@ def evaluate_folder(
         counts.append(image_counts)
         if per_image:
             rows.append(
-                {"image": img.name, "dice": {k: _clean(scores_from_counts(c)["dice"]) for k, c in image_counts.items()}}
+                {
+                    "image": img.name,
+                    "dice": {k: json_safe(scores_from_counts(c)["dice"]) for k, c in image_counts.items()},
+                }
             )
         if progress is not None:
             progress(i + 1, len(pairs))
@@ -54,16 +63,11 @@ def evaluate_folder(
         "skipped_without_mask": len(images) - len(pairs),
         "protocol": "each image segmented on its own; Dice per class, 'mean over images' skips images where the "
         "class is absent from both prediction and reference; 'pooled' sums voxels over all images",
-        "dice": {n: {mode: _clean(results[mode][n]["dice"]) for mode in AGGREGATIONS} for n in names},
+        "dice": {n: {mode: json_safe(results[mode][n]["dice"]) for mode in AGGREGATIONS} for n in names},
         "metrics": {
-            mode: {n: {k: _clean(v) for k, v in results[mode][n].items()} for n in names} for mode in AGGREGATIONS
+            mode: {n: {k: json_safe(v) for k, v in results[mode][n].items()} for n in names} for mode in AGGREGATIONS
         },
     }
     if per_image:
         report["per_image"] = rows
     return report
-
-
-def _clean(value: float) -> float | None:
-    """JSON has no NaN: undefined scores become null."""
-    return None if isinstance(value, float) and math.isnan(value) else round(float(value), 4)

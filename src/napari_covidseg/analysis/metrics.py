@@ -199,3 +199,16 @@ def aggregate(
         entry["n_images"] = len(used)
         result[name] = entry
     return result
+
+
+def json_safe(value, digits: int = 4):
+    """Metrics for JSON (files, model cards, CLI output): NaN becomes None (null), floats are rounded."""
+    if isinstance(value, Mapping):
+        return {k: json_safe(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, digits) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else round(float(value), digits)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

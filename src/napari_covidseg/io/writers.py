@@ -41,12 +41,20 @@ def save_array(array: np.ndarray, like: CTVolume, path: str | Path) -> Path:
     return path
 
 
+def default_file_mode() -> int:
+    """0o666 minus the process umask: what a plain ``open(path, "w")`` would create (mkstemp makes 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_save(img: nib.Nifti1Image, path: Path) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, default_file_mode())
     try:
         nib.save(img, tmp)
         os.replace(tmp, path)

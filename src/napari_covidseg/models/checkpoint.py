@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from napari_covidseg.errors import CheckpointError
+from napari_covidseg.io.writers import default_file_mode
 from napari_covidseg.models.card import ModelCard
 from napari_covidseg.models.registry import get_architecture
 
@@ -65,6 +66,7 @@ def save_checkpoint(model: nn.Module, card: ModelCard, folder: str | Path, *, ov
     tmp = _tmp_beside(weights)
     try:
         save_file(tensors, str(tmp), metadata={"name": card.name, "architecture": card.architecture})
+        os.chmod(tmp, default_file_mode())  # safetensors creates the file itself, owner-only
         card.sha256 = sha256_of(tmp)
         os.replace(tmp, weights)
     finally:
@@ -152,6 +154,7 @@ def find_checkpoint(name: str) -> Checkpoint:
 def _tmp_beside(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, default_file_mode())
     return Path(tmp)
 
 

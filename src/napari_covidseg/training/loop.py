@@ -40,6 +40,19 @@ class TrainResult:
     steps: int = 0
 
 
+def slice_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Sampling weight per slice: 1, plus 1/frequency for every lesion class the slice contains.
+
+    Rare classes (consolidation, effusion) then appear in most batches instead of a few per epoch.
+    """
+    classes = range(1, int(labels.max()) + 1)
+    if not classes:
+        return torch.ones(len(labels))
+    present = torch.stack([(labels == c).flatten(1).any(1) for c in classes], dim=1).float()
+    frequency = present.mean(dim=0).clamp_min(1.0 / len(labels))
+    return 1.0 + (present / frequency).sum(dim=1)
+
+
 def _augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Random 90-degree rotations, flips and intensity jitter (same geometry for image and mask)."""
     k = int(torch.randint(0, 4, (1,), generator=gen))
@@ -79,9 +92,10 @@ def train_segmentation(
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
+    weights = slice_weights(labels)
     result, start = TrainResult(), time.perf_counter()
     for step in range(1, steps + 1):
-        idx = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=gen)
+        idx = torch.multinomial(weights, min(batch_size, len(images)), replacement=True, generator=gen)
         x, y = images[idx], labels[idx]
         if augment:
             x, y = _augment(x, y, gen)
