@@ -7,6 +7,7 @@ folder of them) and .npy arrays, and returns a :class:`CTVolume` in display orie
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from napari_covidseg.errors import InputError
@@ -25,7 +26,7 @@ def load_ct(path: str | Path) -> CTVolume:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    if not os_readable(path):
+    if not os.access(path, os.R_OK):
         raise InputError(f"{path}: permission denied")
     name = path.name.lower()
     if path.is_dir():
@@ -56,12 +57,6 @@ def is_supported(path: str | Path) -> bool:
         return True
     name = path.name.lower()
     return name.endswith(NIFTI_SUFFIXES + IMAGE_SUFFIXES + (".npy", ".dcm")) or _looks_like_dicom(path)
-
-
-def os_readable(path: Path) -> bool:
-    import os
-
-    return os.access(path, os.R_OK)
 
 
 def _looks_like_dicom(path: Path) -> bool:
