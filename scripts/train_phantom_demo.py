@@ -55,7 +55,8 @@ def main() -> None:
         training={
             "data": "synthetic phantoms only (napari_covidseg.sample, seeds "
             f"{TRAIN_SEEDS[0]}-{TRAIN_SEEDS[-1]}, shape {SHAPE})",
-            "protocol": f"{args.steps} steps, batch 8, Adam lr 3e-3 cosine, Dice+CE, rot90/flip/jitter",
+            "protocol": f"{args.steps} steps, batch 8, Adam lr 3e-3 cosine, Dice+CE, "
+            "class-balanced slice sampling, rot90/flip/jitter",
             "script": "scripts/train_phantom_demo.py",
             "date": dt.date.today().isoformat(),
             "seed": 0,

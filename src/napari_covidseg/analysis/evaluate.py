@@ -50,7 +50,7 @@ def evaluate_folder(
             rows.append(
                 {
                     "image": img.name,
-                    "dice": {k: json_safe(scores_from_counts(c)["dice"]) for k, c in image_counts.items()},
+                    "dice": json_safe({k: scores_from_counts(c)["dice"] for k, c in image_counts.items()}),
                 }
             )
         if progress is not None:
@@ -63,10 +63,8 @@ def evaluate_folder(
         "skipped_without_mask": len(images) - len(pairs),
         "protocol": "each image segmented on its own; Dice per class, 'mean over images' skips images where the "
         "class is absent from both prediction and reference; 'pooled' sums voxels over all images",
-        "dice": {n: {mode: json_safe(results[mode][n]["dice"]) for mode in AGGREGATIONS} for n in names},
-        "metrics": {
-            mode: {n: {k: json_safe(v) for k, v in results[mode][n].items()} for n in names} for mode in AGGREGATIONS
-        },
+        "dice": json_safe({n: {mode: results[mode][n]["dice"] for mode in AGGREGATIONS} for n in names}),
+        "metrics": json_safe(results),
     }
     if per_image:
         report["per_image"] = rows

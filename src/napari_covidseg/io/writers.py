@@ -48,13 +48,19 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def temp_path_beside(path: Path, suffix: str = ".tmp") -> Path:
+    """A new empty file next to ``path`` (same filesystem, so ``os.replace`` is atomic), with normal permissions."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, default_file_mode())
+    return Path(tmp)
+
+
 def _atomic_save(img: nib.Nifti1Image, path: Path) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, default_file_mode())
+    tmp = temp_path_beside(path, suffix)
     try:
         nib.save(img, tmp)
         os.replace(tmp, path)

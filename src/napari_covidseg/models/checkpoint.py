@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from napari_covidseg.errors import CheckpointError
-from napari_covidseg.io.writers import default_file_mode
+from napari_covidseg.io.writers import default_file_mode, temp_path_beside
 from napari_covidseg.models.card import ModelCard
 from napari_covidseg.models.registry import get_architecture
 
@@ -63,7 +62,7 @@ def save_checkpoint(model: nn.Module, card: ModelCard, folder: str | Path, *, ov
         raise CheckpointError(f"{weights}: a model named {card.name!r} already exists; choose another name")
     card.validate(card.name)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = _tmp_beside(weights)
+    tmp = temp_path_beside(weights)
     try:
         save_file(tensors, str(tmp), metadata={"name": card.name, "architecture": card.architecture})
         os.chmod(tmp, default_file_mode())  # safetensors creates the file itself, owner-only
@@ -71,7 +70,7 @@ def save_checkpoint(model: nn.Module, card: ModelCard, folder: str | Path, *, ov
         os.replace(tmp, weights)
     finally:
         tmp.unlink(missing_ok=True)
-    tmp = _tmp_beside(card_path)
+    tmp = temp_path_beside(card_path)
     tmp.write_text(card.to_json(), encoding="utf-8")
     os.replace(tmp, card_path)
     return Checkpoint(card, weights)
@@ -149,13 +148,6 @@ def find_checkpoint(name: str) -> Checkpoint:
     raise CheckpointError(
         f"no trained weights named {name!r} (available: {names}); pass --checkpoint PATH.safetensors to use your own"
     )
-
-
-def _tmp_beside(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, default_file_mode())
-    return Path(tmp)
 
 
 @dataclass
