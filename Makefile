@@ -11,7 +11,7 @@ DEBIAN_PKGS := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-
 	libfontconfig1 libxkbcommon-x11-0 libxcb-render-util0 libxcb-image0 libxcb-shape0 libgl1 libegl1
 DEMO_DIR := out/demo
 
-.PHONY: install install-test system-deps demo test lint clean
+.PHONY: install install-test system-deps demo test lint clean results weights intensity
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,19 @@ demo: install
 test: install system-deps
 	QT_API=pyqt5 xvfb-run -a -s "-screen 0 1280x1024x24" $(PY) -m pytest -q
 
+# Training and measurement (need ../shared/data; CPU works, a GPU is faster). See docs/RESULTS.md.
+intensity: install   # HU window that reproduces the 8-bit MedSeg slices -> docs/INTENSITY.md
+	$(PY) scripts/find_intensity_mapping.py
+
+results: install     # 5-fold cross-validation of the five networks -> docs/cv/*.json, docs/RESULTS.md (resumable)
+	$(PY) scripts/cross_validate.py
+
+weights: install     # bundled unet + resattunet (all 50 MedSeg slices) and the demo 3D classifier
+	$(PY) scripts/train_bundled.py
+	$(PY) scripts/train_classifier_demo.py --overwrite
+
 lint: install
-	$(PY) -m ruff check src tests
+	$(PY) -m ruff check src tests scripts
 
 clean:
 	rm -rf $(VENV) out build *.egg-info src/*.egg-info

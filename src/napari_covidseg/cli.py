@@ -1,4 +1,4 @@
-"""`covidseg` command line: segment, classify, evaluate, models, sample.
+"""`covidseg` command line: segment, classify, evaluate, train, train-classifier, models, sample.
 
 Bad input (unreadable file, unknown model, wrong arguments) prints one line ``covidseg: error: ...`` and exits 2.
 Progress bars go to stderr; results (JSON or tables) to stdout.
@@ -113,6 +113,101 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from napari_covidseg.constants import LESION_CLASSES
+    from napari_covidseg.models import get_architecture
+    from napari_covidseg.models.checkpoint import save_checkpoint, user_models_dir
+    from napari_covidseg.training.datasets import concat, load_dataset
+    from napari_covidseg.training.run import TrainSettings, new_card, train_model
+
+    try:
+        arch = get_architecture(args.arch)
+    except KeyError as exc:
+        raise InputError(str(exc.args[0])) from None
+    if arch.task != "segmentation" or arch.spatial_dims != 2:
+        raise InputError(f"--arch {args.arch!r} is not a 2D segmentation network")
+    out_dir = Path(args.out_dir) if args.out_dir else user_models_dir()
+    _check_new_name(args.output, out_dir)
+    if args.steps < 1 or args.batch_size < 1 or args.size < 16 or (args.crop and not 16 <= args.crop <= args.size):
+        raise InputError("need --steps >= 1, --batch-size >= 1, --size >= 16 and 16 <= --crop <= --size (0: none)")
+    config = {"base_width": args.width}
+    card = new_card(args.output, args.arch, config, num_classes=len(LESION_CLASSES), size=args.size)
+    data = concat([load_dataset(path, card) for path in args.data])
+    n_classes = max(3, int(data.labels.max()) + 1)  # background, GGO, consolidation at least
+    card = new_card(args.output, args.arch, config, num_classes=n_classes, size=args.size)
+    print(f"covidseg: training {args.arch} on {len(data)} slices: {data.description}", file=sys.stderr)
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.steps, desc="train", unit="step", file=sys.stderr, leave=False, disable=None)
+
+    def progress(step: int, steps: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+    settings = TrainSettings(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        crop=args.crop or None,
+        schedule=args.schedule,
+        seed=args.seed,
+    )
+    loaded, result = train_model(data, card, settings, device=args.device, progress=progress)
+    bar.close()
+    ckpt = save_checkpoint(loaded.module, card, out_dir)
+    print(
+        json.dumps(
+            {
+                "model": card.name,
+                "weights": str(ckpt.weights),
+                "steps": result.steps,
+                "seconds": round(result.seconds, 1),
+                "loss_first_50": sum(result.losses[:50]) / len(result.losses[:50]),
+                "loss_last_50": sum(result.losses[-50:]) / len(result.losses[-50:]),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _check_new_name(name: str, out_dir: Path) -> None:
+    """A new model name must be a plain file name, unused by installed models and by files in ``out_dir``."""
+    import re
+
+    from napari_covidseg.models.checkpoint import list_checkpoints
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", name):
+        raise InputError(f"model name {name!r}: use letters, digits, '.', '_' or '-' (at most 80)")
+    if any(c.name == name for c in list_checkpoints()) or (out_dir / f"{name}.json").exists():
+        raise InputError(f"a model named {name!r} already exists; choose another name (see `covidseg models`)")
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from napari_covidseg.models.checkpoint import user_models_dir
+    from napari_covidseg.training.classifier import format_loo_table, parse_size, run_train_classifier
+
+    out_dir = Path(args.out_dir) if args.out_dir else user_models_dir()
+    _check_new_name(args.output, out_dir)
+    run = run_train_classifier(
+        args.data,
+        args.output,
+        steps=args.steps,
+        size=parse_size(args.size),
+        width=args.width,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        out_dir=out_dir,
+        loo=args.loo,
+        log=lambda message: print(f"covidseg: {message}", file=sys.stderr, flush=True),
+    )
+    if run.loo_rows:
+        print(format_loo_table(run.loo_rows))
+    print(json.dumps(run.summary, indent=2))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from napari_covidseg.models import list_architectures
     from napari_covidseg.models.checkpoint import list_checkpoints
@@ -174,6 +269,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-image", action="store_true", help="also list each image's scores")
     model_args(p, DEFAULT_SEGMENTATION_MODEL)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a segmentation model on MedSeg slices, NIfTI pairs or corrections")
+    p.add_argument("data", nargs="+", help="folders: MedSeg layout (Imgs/ + GT/) or images/ + masks/ (corrections)")
+    p.add_argument("-o", "--output", required=True, help="name of the new model (never overwrites one)")
+    p.add_argument("--arch", default="unet", help="2D segmentation architecture (see `covidseg models`)")
+    p.add_argument("--width", type=int, default=16, help="base width (channels of the first stage)")
+    p.add_argument("--size", type=int, default=192, help="network input side in pixels")
+    p.add_argument("--crop", type=int, default=96, help="random training crop side (0: whole slice)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--schedule", choices=("cosine", "plateau"), default="cosine")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", help="where to write the model (default: the user models folder)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-classifier", help="train a 3D COVID-19 / pneumonia / normal classifier on CT volumes")
+    p.add_argument(
+        "data", nargs="+", help="volumes or folders; class from the folder or file-name prefix (COVID-19, CAP, normal)"
+    )
+    p.add_argument("-o", "--output", required=True, help="name of the new model (never overwrites one)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--size", default="32,96,96", help="network input D,H,W in voxels (default 32,96,96)")
+    p.add_argument("--width", type=int, default=8, help="base width (channels of the first stage)")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--out-dir", help="where to write the model (default: the user models folder)")
+    p.add_argument(
+        "--loo", action="store_true", help="first run leave-one-out (a pipeline check) and store it in the card"
+    )
+    p.set_defaults(func=cmd_train_classifier)
 
     p = sub.add_parser("models", help="list architectures and installed weights with their model cards")
     p.set_defaults(func=cmd_models)

@@ -28,9 +28,18 @@ LESION_COLOURS: dict[int, tuple[float, float, float, float]] = {
 
 # Whole-volume diagnosis classes of the 3D classifier, in output order.
 DIAGNOSIS_CLASSES: tuple[str, ...] = ("COVID-19", "common pneumonia", "normal")
+# RGBA in 0..1 per diagnosis class, same order (red, orange, green).
+DIAGNOSIS_COLOURS: tuple[tuple[float, float, float, float], ...] = (
+    (0.9, 0.1, 0.1, 1.0),
+    (1.0, 0.6, 0.0, 1.0),
+    (0.2, 0.7, 0.3, 1.0),
+)
 
 # Hounsfield units of the phantom tissues and of the usual windows.
 HU_AIR = -1000.0
 HU_LUNG = -850.0
 LUNG_WINDOW: tuple[float, float] = (-1350.0, 150.0)  # centre -600, width 1500
+# The HU window that reproduces the 8-bit MedSeg training slices (found by histogram landmarks, docs/INTENSITY.md):
+# models trained on MedSeg see HU through this window, so a HU scan looks like their training data.
+MEDSEG_HU_WINDOW: tuple[float, float] = (-1130.0, 280.0)
 BODY_THRESHOLD_HU = -500.0  # voxels above this are body (or table) when cropping

@@ -30,14 +30,24 @@ def evaluate_folder(
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
             raise InputError(f"{folder}: not a folder")
-    loaded = resolve_model(model, task="segmentation")
-    classes = [c["id"] for c in loaded.card.classes if c["id"] != 0]
-    groups = INFECTION if all(c in classes for c in INFECTION["infection"]) else None
     images = sorted((p for p in images_dir.iterdir() if p.is_file() and is_supported(p)), key=lambda p: p.name)
     pairs = [(img, find_mask(masks_dir, source_stem(img))) for img in images]
     pairs = [(img, mask) for img, mask in pairs if mask is not None]
     if not pairs:
         raise InputError(f"no image in {images_dir} has a mask with the same name in {masks_dir}")
+    report = score_pairs(pairs, model, device=device, per_image=per_image, progress=progress)
+    report["skipped_without_mask"] = len(images) - len(pairs)
+    return report
+
+
+def score_pairs(pairs, model, *, device: str = "auto", per_image: bool = False, progress=None) -> dict:
+    """Segment each (image, mask) pair's image on its own and score it: the protocol of :func:`evaluate_folder`.
+
+    Cross-validation scores its held-out slices through this same function.
+    """
+    loaded = resolve_model(model, task="segmentation")
+    classes = [c["id"] for c in loaded.card.classes if c["id"] != 0]
+    groups = INFECTION if all(c in classes for c in INFECTION["infection"]) else None
     counts, rows = [], []
     for i, (img, mask) in enumerate(pairs):
         volume, reference = load_ct(img), load_labels(mask)
@@ -60,7 +70,6 @@ def evaluate_folder(
     report = {
         "model": loaded.card.name,
         "images": len(pairs),
-        "skipped_without_mask": len(images) - len(pairs),
         "protocol": "each image segmented on its own; Dice per class, 'mean over images' skips images where the "
         "class is absent from both prediction and reference; 'pooled' sums voxels over all images",
         "dice": json_safe({n: {mode: results[mode][n]["dice"] for mode in AGGREGATIONS} for n in names}),

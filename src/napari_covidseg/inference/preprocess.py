@@ -89,9 +89,14 @@ def prepare_slices(volume: CTVolume, card: ModelCard, labels: np.ndarray | None 
 
     Used by training so that training input is prepared exactly as :func:`iter_segment` prepares it.
     """
-    ys, xs = body_box(volume.array, volume.intensity)
+    return prepare_array(volume.array, volume.intensity, card, labels)
+
+
+def prepare_array(array: np.ndarray, intensity: str, card: ModelCard, labels: np.ndarray | None = None):
+    """:func:`prepare_slices` for a bare (z, y, x) array with its intensity convention ("HU" or "display")."""
+    ys, xs = body_box(array, intensity)
     size = tuple(card.input_size)
-    x, _ = fit(torch.from_numpy(normalise(volume.array[:, ys, xs], volume.intensity, card))[:, None], size)
+    x, _ = fit(torch.from_numpy(normalise(array[:, ys, xs], intensity, card))[:, None], size)
     if labels is None:
         return x, None
     y, _ = fit(torch.from_numpy(np.ascontiguousarray(labels[:, ys, xs]).astype(np.int64))[:, None], size, labels=True)

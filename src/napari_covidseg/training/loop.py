@@ -17,6 +17,9 @@ from torch import nn
 
 from napari_covidseg.inference.device import autocast, resolve_device
 from napari_covidseg.inference.segment import Cancelled
+from napari_covidseg.training.augment import NONE, Augment, augment_batch
+
+SCHEDULES = ("cosine", "plateau")
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -53,15 +56,34 @@ def slice_weights(labels: torch.Tensor) -> torch.Tensor:
     return 1.0 + (present / frequency).sum(dim=1)
 
 
-def _augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random 90-degree rotations, flips and intensity jitter (same geometry for image and mask)."""
-    k = int(torch.randint(0, 4, (1,), generator=gen))
-    x, y = torch.rot90(x, k, dims=(-2, -1)), torch.rot90(y, k, dims=(-2, -1))
-    if bool(torch.randint(0, 2, (1,), generator=gen)):
-        x, y = x.flip(-1), y.flip(-1)
-    scale = 1 + 0.1 * (torch.rand(x.shape[0], 1, 1, 1, generator=gen) - 0.5)
-    shift = 0.05 * (torch.rand(x.shape[0], 1, 1, 1, generator=gen) - 0.5)
-    return (x * scale + shift).clamp(0, 1), y
+def cosine_schedule(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate from its start value down to 0 over ``steps`` on half a cosine; stepped once per step."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+
+def optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """Backward + update through the gradient scaler (a no-op scaler off CUDA)."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+
+
+def record_step(
+    result: TrainResult,
+    step: int,
+    steps: int,
+    loss: float,
+    progress: Callable[[int, int, float], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    """Keep the loss history, report progress, and raise :class:`Cancelled` when asked to stop."""
+    result.losses.append(loss)
+    result.steps = step
+    if progress is not None:
+        progress(step, steps, loss)
+    if should_stop is not None and should_stop():
+        raise Cancelled(f"training cancelled at step {step}")
 
 
 def train_segmentation(
@@ -74,45 +96,52 @@ def train_segmentation(
     lr: float = 1e-3,
     seed: int = 0,
     device: str = "auto",
-    augment: bool = True,
+    augment: bool | Augment = True,
+    schedule: str = "cosine",
     progress: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``images`` (N, 1, H, W) in [0, 1] and ``labels`` (N, H, W) int64.
 
-    ``progress(step, steps, loss)`` is called after every step; ``should_stop()`` is checked after every step and
-    raises :class:`Cancelled` (the caller then discards the model: nothing half-trained is saved here).
+    Adam with weight decay; ``schedule`` "cosine" (to zero over ``steps``) or "plateau" (halve the rate when the
+    mean loss of the last ``max(steps // 20, 5)`` steps stops falling); mixed precision on CUDA; fixed seeds.
+    ``augment``: ``True`` for the default :class:`Augment`, ``False`` for none, or an :class:`Augment`.
+    ``progress(step, steps, loss)`` is called after every step (the loss history is ``TrainResult.losses``);
+    ``should_stop()`` is checked after every step and raises :class:`Cancelled` (the caller then discards the
+    model: nothing half-trained is saved here).
     """
     if len(images) == 0 or len(images) != len(labels):
         raise ValueError("need the same, non-zero number of images and labels")
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}")
+    settings = Augment() if augment is True else (NONE if augment is False else augment)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     dev = resolve_device(device)
     model.to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    if schedule == "cosine":
+        sched = cosine_schedule(opt, steps)
+    else:
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=2)
+    window = max(steps // 20, 5)
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
     weights = slice_weights(labels)
     result, start = TrainResult(), time.perf_counter()
     for step in range(1, steps + 1):
         idx = torch.multinomial(weights, min(batch_size, len(images)), replacement=True, generator=gen)
-        x, y = images[idx], labels[idx]
-        if augment:
-            x, y = _augment(x, y, gen)
+        x, y = images[idx].to(dev), labels[idx].to(dev)
+        x, y = augment_batch(x, y, gen, settings)
         with autocast(dev):
-            loss = dice_ce_loss(model(x.to(dev)), y.to(dev))
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        value = loss.item()
-        result.losses.append(value)
-        result.steps = step
-        if progress is not None:
-            progress(step, steps, value)
-        if should_stop is not None and should_stop():
-            raise Cancelled(f"training cancelled at step {step}")
+            loss = dice_ce_loss(model(x), y)
+        optimiser_step(loss, opt, scaler)
+        record_step(result, step, steps, loss.item(), progress, should_stop)
+        if schedule == "cosine":
+            sched.step()
+        elif step % window == 0:
+            sched.step(sum(result.losses[-window:]) / window)
     result.seconds = time.perf_counter() - start
     model.eval()
     return result
