@@ -116,7 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from napari_covidseg.constants import LESION_CLASSES
     from napari_covidseg.models import get_architecture
-    from napari_covidseg.models.checkpoint import save_checkpoint, user_models_dir
+    from napari_covidseg.models.checkpoint import check_new_model_name, save_checkpoint, user_models_dir
     from napari_covidseg.training.datasets import concat, load_dataset
     from napari_covidseg.training.run import TrainSettings, new_card, train_model
 
@@ -127,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if arch.task != "segmentation" or arch.spatial_dims != 2:
         raise InputError(f"--arch {args.arch!r} is not a 2D segmentation network")
     out_dir = Path(args.out_dir) if args.out_dir else user_models_dir()
-    _check_new_name(args.output, out_dir)
+    check_new_model_name(args.output, out_dir)
     if args.steps < 1 or args.batch_size < 1 or args.size < 16 or (args.crop and not 16 <= args.crop <= args.size):
         raise InputError("need --steps >= 1, --batch-size >= 1, --size >= 16 and 16 <= --crop <= --size (0: none)")
     config = {"base_width": args.width}
@@ -171,24 +171,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_new_name(name: str, out_dir: Path) -> None:
-    """A new model name must be a plain file name, unused by installed models and by files in ``out_dir``."""
-    import re
-
-    from napari_covidseg.models.checkpoint import list_checkpoints
-
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", name):
-        raise InputError(f"model name {name!r}: use letters, digits, '.', '_' or '-' (at most 80)")
-    if any(c.name == name for c in list_checkpoints()) or (out_dir / f"{name}.json").exists():
-        raise InputError(f"a model named {name!r} already exists; choose another name (see `covidseg models`)")
-
-
 def cmd_train_classifier(args: argparse.Namespace) -> int:
     from napari_covidseg.models.checkpoint import user_models_dir
     from napari_covidseg.training.classifier import format_loo_table, parse_size, run_train_classifier
 
     out_dir = Path(args.out_dir) if args.out_dir else user_models_dir()
-    _check_new_name(args.output, out_dir)
     run = run_train_classifier(
         args.data,
         args.output,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,23 @@ def save_checkpoint(model: nn.Module, card: ModelCard, folder: str | Path, *, ov
     tmp.write_text(card.to_json(), encoding="utf-8")
     os.replace(tmp, card_path)
     return Checkpoint(card, weights)
+
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+
+
+def check_new_model_name(name: str, folder: str | Path, *, overwrite: bool = False) -> None:
+    """Refuse, before any training, a name that is not a plain file name or is taken by an installed model or by
+    a file in ``folder`` (``overwrite`` allows the latter, for regenerating bundled weights)."""
+    if not MODEL_NAME.fullmatch(name):
+        raise CheckpointError(f"model name {name!r}: use letters, digits, '.', '_' or '-' (at most 80)")
+    folder = Path(folder)
+    if not overwrite and (
+        any(c.name == name for c in list_checkpoints())
+        or (folder / f"{name}.json").exists()
+        or (folder / f"{name}.safetensors").exists()
+    ):
+        raise CheckpointError(f"a model named {name!r} already exists; choose another name (see `covidseg models`)")
 
 
 def read_checkpoint(path: str | Path, *, bundled: bool = False) -> Checkpoint:

@@ -32,7 +32,7 @@ from napari_covidseg.io.nifti import IMAGE_SUFFIXES
 from napari_covidseg.io.volume import CTVolume
 from napari_covidseg.models import build_model
 from napari_covidseg.models.card import ModelCard
-from napari_covidseg.models.checkpoint import BUNDLED_DIR, save_checkpoint, user_models_dir
+from napari_covidseg.models.checkpoint import check_new_model_name, save_checkpoint, user_models_dir
 from napari_covidseg.training.loop import TrainResult, cosine_schedule, optimiser_step, record_step
 
 ARCHITECTURE = "daresnet18_3d"
@@ -53,7 +53,6 @@ _FOLDER_ALIASES: dict[str, int] = {
 }
 # A file-name prefix must be followed by the end of the name or a non-alphanumeric separator ("_", "-", ".", " ").
 _PREFIX = re.compile(r"^(covid[-_ ]?19|covid|common[-_ ]pneumonia|pneumonia|cap|normal|healthy)(?![a-z0-9])")
-_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _VOLUME_SUFFIXES = (".nii", ".nii.gz", ".npy")
 
 Report = Callable[[str], None]
@@ -400,16 +399,10 @@ def run_train_classifier(
     input fails in a second with one :class:`InputError` line. With ``loo`` a leave-one-out run comes first and its
     result goes into the card's metrics. Nothing is written unless training finishes.
     """
-    if not _NAME_OK.match(name):
-        raise InputError(f"model name {name!r}: use letters, digits, '.', '_' or '-' (up to 100, no spaces)")
+    folder = Path(out_dir) if out_dir is not None else user_models_dir()
+    check_new_model_name(name, folder, overwrite=overwrite)
     if steps < 1 or width < 1 or not lr > 0:
         raise InputError("--steps and --width must be at least 1 and --lr positive")
-    folder = Path(out_dir) if out_dir is not None else user_models_dir()
-    existing = [p for p in (folder / f"{name}.safetensors", folder / f"{name}.json") if p.exists()]
-    if existing and not overwrite:
-        raise InputError(f"{existing[0]}: a model named {name!r} already exists; choose another name")
-    if (BUNDLED_DIR / f"{name}.json").exists() and folder.resolve() != BUNDLED_DIR.resolve():
-        raise InputError(f"model name {name!r} is taken by a bundled model; choose another name")
     dev = resolve_device(device)
     found = find_volumes(data)
     counts = Counter(DIAGNOSIS_CLASSES[c] for _, c in sorted(found, key=lambda f: f[1]))
