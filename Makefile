@@ -9,9 +9,8 @@ PIP := $(PY) -m pip
 TORCH := torch==2.13.0
 DEBIAN_PKGS := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-xinput0 libdbus-1-3 \
 	libfontconfig1 libxkbcommon-x11-0 libxcb-render-util0 libxcb-image0 libxcb-shape0 libgl1 libegl1
-DEMO_DIR := out/demo
 
-.PHONY: install install-test system-deps demo test lint clean results weights intensity
+.PHONY: install install-test system-deps demo screenshots test lint clean results weights intensity
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -35,11 +34,15 @@ system-deps:
 		echo "napari's tests need these Debian packages; as root run: apt-get install$$missing"; exit 1; \
 	fi
 
-# Until the napari docks land (issue 4) the demo runs the command-line pipeline on the sample CT.
+# napari with the phantom CT and the segment / classify / compare docks (IMAGE=path opens your own scan instead).
 demo: install
-	$(VENV)/bin/covidseg sample -o $(DEMO_DIR)
-	$(VENV)/bin/covidseg models
-	$(VENV)/bin/covidseg segment $(DEMO_DIR)/covidseg_phantom_ct.nii.gz -o $(DEMO_DIR)/lesions_pred.nii.gz
+	$(VENV)/bin/covidseg demo $(IMAGE) --compare
+
+# The README screenshots, made by the demo itself under Xvfb.
+screenshots: install system-deps
+	xvfb-run -a -s "-screen 0 1920x1200x24" $(VENV)/bin/covidseg demo --run --screenshot docs/screenshots/demo.png
+	xvfb-run -a -s "-screen 0 1920x1200x24" $(VENV)/bin/covidseg demo --run --compare \
+		--screenshot docs/screenshots/compare.png
 
 test: install system-deps
 	QT_API=pyqt5 xvfb-run -a -s "-screen 0 1280x1024x24" $(PY) -m pytest -q

@@ -21,7 +21,26 @@ def test_manifest_validates_and_is_found_by_entry_point():
     assert manifest.name == "napari-covidseg"
     installed = PluginManifest.from_distribution("napari-covidseg")
     assert installed.name == manifest.name
-    assert {s.key for s in installed.contributions.sample_data} == {"phantom"}
+    contributions = installed.contributions
+    assert {s.key for s in contributions.sample_data} == {"phantom"}
+    assert {w.display_name for w in contributions.widgets} == {
+        "Segment lesions",
+        "Classify scan (CAM)",
+        "Compare U-Net vs ResAttUNet",
+    }
+    (reader,) = contributions.readers
+    assert reader.accepts_directories and "*.nii.gz" in reader.filename_patterns
+    (writer,) = contributions.writers
+    assert [str(t) for t in writer.layer_types] == ["labels"] and ".nii.gz" in writer.filename_extensions
+    assert {"napari/layers/segment", "napari/layers/classify"} <= set(contributions.menus)
+
+
+def test_npe2_validate_imports_every_command():
+    """`npe2 validate --imports`: every python_name in the manifest resolves to a real callable."""
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution("napari-covidseg")
+    manifest.validate_imports()
 
 
 def test_sample_data_opens_in_napari(make_napari_viewer):

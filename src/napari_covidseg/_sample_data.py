@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-from napari_covidseg.constants import LESION_CLASSES, LUNG_WINDOW
+from napari_covidseg.layers import image_layer_data, labels_layer_kwargs
 
 
 def phantom_layers() -> list[tuple]:
-    """The default phantom CT (HU, lung window) and its reference lesion labels, with spacing as ``scale``."""
+    """The default phantom CT (HU, lung window) and its reference lesion labels, placed on the CT's geometry."""
     from napari_covidseg.sample import make_phantom
 
     ph = make_phantom()
-    meta = {"spacing": ph.spacing, "intensity": "HU", "source": "napari-covidseg phantom (synthetic)"}
-    return [
-        (
-            ph.ct,
-            {
-                "name": "phantom CT",
-                "scale": ph.spacing,
-                "colormap": "gray",
-                "contrast_limits": list(LUNG_WINDOW),
-                "metadata": meta,
-            },
-            "image",
-        ),
-        (
-            ph.lesions,
-            {"name": "phantom lesions (reference)", "scale": ph.spacing, "metadata": {"classes": dict(LESION_CLASSES)}},
-            "labels",
-        ),
-    ]
+    volume = ph.volume("napari-covidseg phantom (synthetic)")
+    ct, ct_kwargs, _ = image_layer_data(volume, name="phantom CT")
+    ct_kwargs["metadata"]["intensity"] = "HU"
+    lesions = labels_layer_kwargs("phantom lesions (reference)", ct_kwargs)
+    return [(ct, ct_kwargs, "image"), (ph.lesions, lesions, "labels")]

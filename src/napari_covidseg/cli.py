@@ -227,6 +227,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from napari_covidseg._demo import run_demo
+    except ImportError as exc:  # the core installs without napari
+        raise InputError(f"the demo needs napari: pip install 'napari-covidseg[napari]' ({exc})") from exc
+    if args.image is not None and not Path(args.image).exists():
+        raise InputError(f"{args.image}: no such file or folder")
+    if args.screenshot and not args.screenshot.lower().endswith((".png", ".jpg", ".jpeg")):
+        raise InputError(f"--screenshot must end in .png or .jpg, got {args.screenshot!r}")
+    return run_demo(args.image, run=args.run, compare=args.compare, screenshot=args.screenshot, device=args.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="covidseg", description="COVID-19 chest-CT lesion segmentation and classification.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -289,6 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--loo", action="store_true", help="first run leave-one-out (a pipeline check) and store it in the card"
     )
     p.set_defaults(func=cmd_train_classifier)
+
+    p = sub.add_parser("demo", help="open napari with a CT (default: the phantom) and the segment/classify docks")
+    p.add_argument("image", nargs="?", help="NIfTI file, DICOM folder or file, PNG/JPG (default: the phantom)")
+    p.add_argument("--run", action="store_true", help="segment and classify right away with the bundled models")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="also dock the model comparison; --run then runs it instead of segment + classify",
+    )
+    p.add_argument("--screenshot", help="save a PNG of the whole window (after --run finishes) and exit")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list architectures and installed weights with their model cards")
     p.set_defaults(func=cmd_models)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_covidseg.errors import InputError
 from napari_covidseg.inference.device import autocast, resolve_device
 from napari_covidseg.inference.preprocess import CHUNK, body_box, normalise
 from napari_covidseg.inference.segment import ModelRef, Progress, run_generator
@@ -69,6 +70,8 @@ def iter_classify(
     """Classify ``volume``; yields :class:`Progress` (stages: preparing, classifying, mapping CAM)."""
     loaded = resolve_model(model, task="classification")
     card, dev = loaded.card, resolve_device(device)
+    if cam_class is not None and cam_class not in card.class_names:
+        raise InputError(f"no class {cam_class!r} in {card.name!r} (classes: {', '.join(card.class_names)})")
     net = loaded.module.to(dev).eval()
     start = time.perf_counter()
     z, h, w = volume.shape

@@ -1,0 +1,121 @@
+"""`covidseg demo`: napari with a CT (the phantom by default) and the plugin's docks; optionally run and screenshot.
+
+``--run`` segments and classifies with the bundled models (with ``--compare``: runs the model comparison instead), then
+``--screenshot PATH`` saves the whole window and exits; this works under Xvfb, which is how the README's
+screenshots are made.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from napari_covidseg.errors import InputError
+
+PLUGIN = "napari-covidseg"
+DOCKS = {"segment": "Segment lesions", "classify": "Classify scan (CAM)", "compare": "Compare U-Net vs ResAttUNet"}
+WINDOW_SIZE = (1600, 1100)
+POLL_MS = 200
+log = logging.getLogger(__name__)
+
+
+def open_demo(viewer, image: str | None = None, compare: bool = False) -> dict:
+    """Open ``image`` (or the phantom sample) and dock the plugin's widgets; returns {key: widget}."""
+    if image is None:
+        layers = viewer.open_sample(PLUGIN, "phantom")
+        for layer in layers[1:]:
+            layer.visible = False  # the reference mask stays available, the model output is what is shown
+    else:
+        if not Path(image).exists():
+            raise InputError(f"{image}: no such file or folder")
+        layers = viewer.open(image, plugin=PLUGIN)
+    keys = ["segment", "classify"] + (["compare"] if compare else [])
+    widgets = {}
+    for key in keys:
+        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, DOCKS[key], tabify=key == "compare")
+        widgets[key] = widget
+    ct = layers[0].name
+    for widget in widgets.values():
+        widget.image.setCurrentText(ct)
+    return widgets
+
+
+def start_jobs(widgets: dict, device: str = "auto") -> None:
+    """Press Run on the docks, each with the given device (with the compare dock docked: only the comparison)."""
+    keys = ["compare"] if "compare" in widgets else ["segment", "classify"]
+    for widget in (widgets[k] for k in keys):
+        widget.device.setCurrentText(device)
+        widget.run_button.click()
+
+
+def show_lesion_slice(viewer) -> None:
+    """Move to the axial slice with the most predicted lesion voxels (the first labels layer with any)."""
+    from napari.layers import Labels
+
+    for layer in reversed(viewer.layers):
+        is_result = "model" in layer.metadata  # a model's lesion labels (not the reference, not a disagreement map)
+        if isinstance(layer, Labels) and is_result and layer.data.ndim == 3 and layer.data.any():
+            per_slice = (layer.data > 0).reshape(layer.data.shape[0], -1).sum(axis=1)
+            z = int(np.argmax(per_slice))
+            viewer.dims.set_point(0, layer.data_to_world((z, 0, 0))[0])
+            return
+
+
+def dismiss_notifications() -> None:
+    """Close napari's pop-up notifications (e.g. its PyQt5 deprecation notice) so they do not cover the scan."""
+    from qtpy.QtWidgets import QApplication
+
+    for widget in QApplication.allWidgets():
+        if type(widget).__name__ == "NapariQtNotification":
+            widget.close()
+
+
+def run_demo(
+    image: str | None = None,
+    *,
+    run: bool = False,
+    compare: bool = False,
+    screenshot: str | None = None,
+    device: str = "auto",
+) -> int:
+    """Open the viewer (blocking until it closes, or until the screenshot is saved). Returns an exit code."""
+    import napari
+    from qtpy.QtCore import QTimer
+
+    viewer = napari.Viewer(title="napari-covidseg demo")
+    viewer.window.resize(*WINDOW_SIZE)
+    widgets = open_demo(viewer, image, compare)
+    state = {"code": 0}
+
+    def finish() -> None:
+        failed = [k for k, w in widgets.items() if run and w.runner.outcome not in ("returned", "")]
+        if failed:
+            log.error("demo: %s did not finish: %s", ", ".join(failed), widgets[failed[0]].status.text())
+            state["code"] = 1
+        if compare and "compare" in widgets:
+            widgets["compare"].grid.setChecked(True)
+        show_lesion_slice(viewer)
+        if screenshot:
+            dismiss_notifications()
+            Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+            viewer.screenshot(screenshot, canvas_only=False, flash=False)
+            print(f"screenshot: {screenshot}")
+            viewer.close()
+
+    if run:
+        start_jobs(widgets, device)
+    if run or screenshot:
+        timer = QTimer()
+
+        def poll() -> None:
+            if run and any(w.runner.running for w in widgets.values()):
+                return
+            timer.stop()
+            finish()
+
+        timer.timeout.connect(poll)
+        timer.start(POLL_MS)
+    napari.run()
+    return state["code"]

@@ -1,0 +1,220 @@
+"""Pieces every dock shares: layer and model pickers, the device choice, and turning results into layers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import QComboBox, QHBoxLayout, QPushButton, QTableWidget, QTableWidgetItem, QWidget
+
+from napari_covidseg.constants import LESION_COLOURS
+from napari_covidseg.errors import InputError
+from napari_covidseg.io.volume import CTVolume
+from napari_covidseg.layers import labels_layer_kwargs, volume_from_layer
+from napari_covidseg.models.checkpoint import Checkpoint, list_checkpoints
+
+if TYPE_CHECKING:
+    import napari
+
+NONE_TEXT = "(none)"
+
+
+class LayerPicker(QComboBox):
+    """A combo box of the viewer's layers of one type; keeps its choice when layers come and go or are renamed."""
+
+    def __init__(self, viewer: napari.Viewer, layer_type: type, *, allow_none: bool = False, parent=None):
+        super().__init__(parent)
+        self.viewer, self.layer_type, self.allow_none = viewer, layer_type, allow_none
+        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        events = viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered, events.renamed):
+            event.connect(self.reset_choices)
+        self.destroyed.connect(lambda *_: _disconnect_all(events, self.reset_choices))
+        self.reset_choices()
+
+    def reset_choices(self, *_) -> None:
+        current = self.currentText()
+        names = [layer.name for layer in reversed(self.viewer.layers) if isinstance(layer, self.layer_type)]
+        self.blockSignals(True)
+        self.clear()
+        if self.allow_none:
+            self.addItem(NONE_TEXT)
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+        self.blockSignals(False)
+
+    def layer(self):
+        """The chosen layer, or None."""
+        name = self.currentText()
+        if not name or name == NONE_TEXT or name not in self.viewer.layers:
+            return None
+        layer = self.viewer.layers[name]
+        return layer if isinstance(layer, self.layer_type) else None
+
+
+def _disconnect_all(events, slot) -> None:
+    for event in (events.inserted, events.removed, events.reordered, events.renamed):
+        try:
+            event.disconnect(slot)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+
+
+class ModelPicker(QWidget):
+    """Bundled and user models of one task; hovering an entry shows its model card; the button rescans."""
+
+    def __init__(self, task: str, default: str | None = None, parent=None):
+        super().__init__(parent)
+        self.task = task
+        self.combo = QComboBox()
+        self.refresh_button = QPushButton("\u21bb")
+        self.refresh_button.setToolTip("Rescan the model folder (for models trained since the dock opened)")
+        self.refresh_button.setFixedWidth(28)
+        self.refresh_button.clicked.connect(self.refresh)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.combo, 1)
+        row.addWidget(self.refresh_button)
+        self._checkpoints: list[Checkpoint] = []
+        self.combo.currentIndexChanged.connect(self._sync_tooltip)
+        self.refresh()
+        if default is not None:
+            self.select(default)
+
+    def refresh(self, *_) -> None:
+        current = self.combo.currentText()
+        self._checkpoints = list_checkpoints(self.task)
+        self.combo.clear()
+        for i, ckpt in enumerate(self._checkpoints):
+            label = ckpt.name if ckpt.bundled else f"{ckpt.name} (yours)"
+            self.combo.addItem(label)
+            self.combo.setItemData(i, card_tooltip(ckpt), Qt.ToolTipRole)
+        if current:
+            self.combo.setCurrentText(current)
+        self._sync_tooltip(self.combo.currentIndex())
+
+    def _sync_tooltip(self, index: int) -> None:
+        self.combo.setToolTip(self.combo.itemData(index, Qt.ToolTipRole) or "")
+
+    def select(self, name: str) -> bool:
+        for i, ckpt in enumerate(self._checkpoints):
+            if ckpt.name == name:
+                self.combo.setCurrentIndex(i)
+                return True
+        return False
+
+    def checkpoint(self) -> Checkpoint:
+        index = self.combo.currentIndex()
+        if index < 0 or index >= len(self._checkpoints):
+            raise InputError(f"no {self.task} model installed; train one or reinstall the plugin")
+        return self._checkpoints[index]
+
+
+def card_tooltip(ckpt: Checkpoint) -> str:
+    """The model card in a few lines: what it is, what it was trained on, how it measured, what to watch for."""
+    card = ckpt.card
+    lines = [f"<b>{card.name}</b> ({card.architecture}, v{card.version})", card.summary()]
+    protocol = card.metrics.get("protocol") if isinstance(card.metrics, dict) else None
+    if protocol:
+        lines.append(f"measured: {protocol}")
+    if card.notes:
+        lines.append(f"<i>{card.notes}</i>")
+    lines.append("bundled with the plugin" if ckpt.bundled else f"file: {ckpt.weights}")
+    return "<br>".join(lines)
+
+
+def device_choices() -> list[str]:
+    """``auto`` first, then every device this machine has."""
+    import torch
+
+    choices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        choices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        choices.append("mps")
+    return choices
+
+
+def device_combo() -> QComboBox:
+    combo = QComboBox()
+    combo.addItems(device_choices())
+    combo.setToolTip("auto: the GPU when there is one, otherwise the CPU")
+    return combo
+
+
+def layer_volume(layer) -> CTVolume:
+    """The CT behind an Image layer (raises InputError with a readable reason for RGB, 4-D, ... layers)."""
+    if layer is None:
+        raise InputError("choose an image layer first (open a CT with File > Open)")
+    if getattr(layer, "rgb", False):
+        raise InputError(f"layer {layer.name!r} is an RGB image; a greyscale CT is needed")
+    return volume_from_layer(layer.data, layer.scale, layer.metadata, layer.name)
+
+
+def placement(layer) -> dict:
+    """Where ``layer`` sits in the world, so a result layer lands exactly on top of it."""
+    return {
+        "scale": list(layer.scale),
+        "translate": list(layer.translate),
+        "rotate": np.asarray(layer.rotate),
+        "shear": np.asarray(layer.shear),
+        "affine": np.asarray(layer.affine.affine_matrix),
+        "metadata": dict(layer.metadata),
+    }
+
+
+def add_lesion_labels(viewer, labels: np.ndarray, volume: CTVolume, like: dict, name: str, classes: dict, extra=None):
+    """Add a lesion Labels layer on the image described by ``like`` (2-D layers get 2-D labels back)."""
+    data = labels[0] if volume.meta.get("squeezed") else labels
+    kwargs = labels_layer_kwargs(name, like, classes, extra)
+    layer = viewer.add_labels(data, **kwargs, rotate=like["rotate"], shear=like["shear"], affine=like["affine"])
+    return layer
+
+
+def fill_volume_table(table: QTableWidget, classes: dict[int, str], columns: dict[str, dict[str, float]]) -> None:
+    """Rows: one per foreground class with a colour swatch; columns: ``{header: {class name: value}}``."""
+    rows = [(i, n) for i, n in classes.items() if i != 0]
+    table.clear()
+    table.setColumnCount(1 + len(columns))
+    table.setRowCount(len(rows))
+    table.setHorizontalHeaderLabels(["class", *columns])
+    for r, (class_id, name) in enumerate(rows):
+        item = QTableWidgetItem(name)
+        rgba = LESION_COLOURS.get(class_id, (0.6, 0.6, 0.6, 1.0))
+        item.setData(Qt.DecorationRole, QColor.fromRgbF(*rgba))
+        table.setItem(r, 0, item)
+        for c, values in enumerate(columns.values(), start=1):
+            value = values.get(name)
+            text = "" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
+            cell = QTableWidgetItem(text)
+            cell.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+            table.setItem(r, c, cell)
+    table.resizeColumnsToContents()
+    fit_table_height(table)
+
+
+def fit_table_height(table: QTableWidget) -> None:
+    """Exactly as tall as its rows (plus a scroll bar when the columns overflow), so docks below keep their room."""
+    header = table.horizontalHeader()
+    height = header.sizeHint().height() + 2 * table.frameWidth() + 2
+    height += table.rowCount() * table.verticalHeader().defaultSectionSize()
+    if header.length() > table.viewport().width():
+        height += table.horizontalScrollBar().sizeHint().height()
+    table.setFixedHeight(max(height, 40))
+    if table.parentWidget() is not None:  # the dock's size hint grew: let the dock area give it the room
+        table.parentWidget().updateGeometry()
+
+
+def new_table(height: int = 60) -> QTableWidget:
+    """A read-only table; it grows to fit its rows when filled."""
+    table = QTableWidget()
+    table.setEditTriggers(QTableWidget.NoEditTriggers)
+    table.verticalHeader().setVisible(False)
+    table.horizontalHeader().setStretchLastSection(True)
+    table.setFixedHeight(height)
+    return table

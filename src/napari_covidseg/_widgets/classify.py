@@ -1,0 +1,173 @@
+"""Classify dock: diagnosis probabilities for the chosen CT and a class-activation map on top of it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.layers import Image
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+
+from napari_covidseg._widgets._common import LayerPicker, ModelPicker, device_combo, layer_volume, placement
+from napari_covidseg._widgets._workers import JobRunner
+from napari_covidseg.constants import DIAGNOSIS_CLASSES, DIAGNOSIS_COLOURS
+from napari_covidseg.errors import CheckpointError, InputError
+from napari_covidseg.inference.classify import Classification, iter_classify
+from napari_covidseg.layers import GEOMETRY_KEY
+
+if TYPE_CHECKING:
+    import napari
+
+PREDICTED = "predicted class"
+GENERIC_NOTE = "Research use only: these probabilities are not a diagnosis."
+
+
+def _bar_style(rgba) -> str:
+    r, g, b = (int(round(255 * c)) for c in rgba[:3])
+    return f"QProgressBar::chunk {{ background-color: rgb({r}, {g}, {b}); }} QProgressBar {{ text-align: center; }}"
+
+
+class ClassifyWidget(QWidget):
+    """Pick a CT layer, a model and a device; Run shows one probability (0-100 %) per diagnosis class and adds
+    ``<image> CAM <class> (<model>)``: a float32 (z, y, x) heat map in [0, 1] on the CT's voxel grid."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.image = LayerPicker(napari_viewer, Image)
+        self.model = ModelPicker("classification", default="daresnet18_3d")
+        self.device = device_combo()
+        self.cam_for = QComboBox()
+        self.cam_for.setToolTip("Which class the activation map explains (default: the most probable one)")
+        self.run_button = QPushButton("Classify")
+        self.run_button.clicked.connect(self._run_or_cancel)
+        self.bar = QProgressBar()
+        self.bar.setVisible(False)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.prob_bars: dict[str, QProgressBar] = {}
+        self.prob_box = QVBoxLayout()
+        self.note = QLabel("")  # the model card's notes: demonstration weights must not be read as a diagnosis
+        self.note.setWordWrap(True)
+        self.note.setStyleSheet("font-style: italic; color: rgb(255, 170, 60);")
+
+        form = QFormLayout()
+        form.addRow("image", self.image)
+        form.addRow("model", self.model)
+        form.addRow("device", self.device)
+        form.addRow("CAM for", self.cam_for)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.run_button)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.status)
+        layout.addWidget(QLabel("Diagnosis probabilities"))
+        layout.addLayout(self.prob_box)
+        layout.addWidget(self.note)
+        self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)  # share the dock area, never squeeze
+        self.runner = JobRunner(self, napari_viewer, self.run_button, self.bar, self.status)
+        self.last_result: Classification | None = None
+        self.model.combo.currentIndexChanged.connect(self._sync_model)
+        self._sync_model()
+
+    def reset_choices(self, *_) -> None:
+        self.image.reset_choices()
+
+    def _sync_model(self, *_) -> None:
+        """Class list (bars, CAM choices) and the model's notes follow the chosen model."""
+        try:
+            card = self.model.checkpoint().card
+        except (InputError, CheckpointError):
+            names, notes = list(DIAGNOSIS_CLASSES), ""
+            colours = dict(zip(DIAGNOSIS_CLASSES, DIAGNOSIS_COLOURS))
+        else:
+            names, notes = card.class_names, card.notes
+            colours = {c["name"]: c.get("colour") for c in card.classes}
+        self.cam_for.clear()
+        self.cam_for.addItems([PREDICTED, *names])
+        self._build_bars(names, colours)
+        self.note.setText(f"Model note: {notes}" if notes else GENERIC_NOTE)
+
+    def _build_bars(self, names: list[str], colours: dict) -> None:
+        """One 0-100 % bar per class, coloured like the class (DIAGNOSIS_COLOURS for the bundled classes)."""
+        for bar in self.prob_bars.values():
+            self.prob_box.removeWidget(bar)
+            bar.deleteLater()
+        self.prob_bars = {}
+        known = dict(zip(DIAGNOSIS_CLASSES, DIAGNOSIS_COLOURS))
+        for name in names:
+            bar = QProgressBar()
+            bar.setRange(0, 100)
+            bar.setValue(0)
+            bar.setFormat(f"{name}: \u2013")
+            bar.setStyleSheet(_bar_style(known.get(name) or colours.get(name) or (0.6, 0.6, 0.6, 1.0)))
+            self.prob_box.addWidget(bar)
+            self.prob_bars[name] = bar
+
+    def _run_or_cancel(self) -> None:
+        if self.runner.running:
+            self.runner.cancel()
+        else:
+            self.run()
+
+    def run(self) -> None:
+        """Start classifying (messages instead of exceptions for bad input)."""
+        try:
+            layer = self.image.layer()
+            volume = layer_volume(layer)
+            checkpoint = self.model.checkpoint()
+        except (InputError, CheckpointError) as exc:
+            self.runner.refuse(exc)
+            return
+        like = placement(layer)
+        device = self.device.currentText()
+        cam_class = None if self.cam_for.currentText() in (PREDICTED, "") else self.cam_for.currentText()
+
+        def job():
+            return (yield from iter_classify(volume, checkpoint, device=device, cam_class=cam_class))
+
+        self.runner.start(
+            job,
+            description=f"Classifying {layer.name} with {checkpoint.name}",
+            on_result=lambda res: self._show(res, volume, like, layer.name),
+            source=layer,
+        )
+
+    def _show(self, res: Classification, volume, like: dict, image_name: str) -> None:
+        names = list(res.probabilities)
+        if names != list(self.prob_bars):
+            self._build_bars(names, {c["name"]: c.get("colour") for c in res.card.classes})
+        predicted = res.predicted
+        for name, p in res.probabilities.items():
+            bar = self.prob_bars[name]
+            bar.setValue(int(round(100 * p)))
+            mark = "\u25b6 " if name == predicted else ""
+            bar.setFormat(f"{mark}{name}: {100 * p:.1f} %")
+            font = bar.font()
+            font.setBold(name == predicted)
+            bar.setFont(font)
+        self.note.setText(f"Model note: {res.card.notes}" if res.card.notes else GENERIC_NOTE)
+        probabilities = {k: float(v) for k, v in res.probabilities.items()}
+        metadata = {k: v for k, v in like["metadata"].items() if k in (GEOMETRY_KEY, "spacing")}
+        metadata.update({"diagnosis probabilities": probabilities, "model": res.card.name, "cam class": res.cam_class})
+        cam = np.asarray(res.cam, dtype=np.float32)
+        name = f"{image_name} CAM {res.cam_class} ({res.card.name})"
+        self.viewer.add_image(
+            cam[0] if volume.meta.get("squeezed") else cam,
+            name=name,
+            colormap="hot",
+            blending="additive",
+            opacity=0.5,
+            contrast_limits=(0.0, 1.0),
+            scale=like["scale"],
+            translate=like["translate"],
+            rotate=like["rotate"],
+            shear=like["shear"],
+            affine=like["affine"],
+            metadata=metadata,
+        )
+        self.last_result = res
+        self.runner.set_status(
+            f"{predicted} ({100 * res.probabilities[predicted]:.1f} %); {name} added; "
+            f"{res.seconds:.1f} s on {res.device}"
+        )

@@ -1,0 +1,285 @@
+"""Compare dock: two segmentation models on one CT, side by side, with a disagreement map and Dice between them."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFormLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_covidseg._widgets._common import (
+    LayerPicker,
+    ModelPicker,
+    add_lesion_labels,
+    device_combo,
+    fit_table_height,
+    layer_volume,
+    new_table,
+    placement,
+)
+from napari_covidseg._widgets._workers import JobRunner
+from napari_covidseg.analysis.metrics import INFECTION, class_name, score_image
+from napari_covidseg.constants import LESION_CLASSES, LESION_COLOURS
+from napari_covidseg.errors import CheckpointError, InputError
+from napari_covidseg.inference.segment import Progress, iter_segment
+from napari_covidseg.layers import GEOMETRY_KEY
+
+if TYPE_CHECKING:
+    import napari
+
+# Values of the disagreement layer ("lesion" = any foreground class); 0 = both agree.
+ONLY_A, ONLY_B, OTHER_CLASS = 1, 2, 3
+DISAGREEMENT_NAMES: dict[int, str] = {  # {a} / {b} become the model names in the layer's features
+    0: "agree",
+    ONLY_A: "lesion only in {a}",
+    ONLY_B: "lesion only in {b}",
+    OTHER_CLASS: "lesion in both, different class",
+}
+DISAGREEMENT_COLOURS: dict[int | None, tuple[float, float, float, float]] = {
+    None: (0.0, 0.0, 0.0, 0.0),
+    0: (0.0, 0.0, 0.0, 0.0),
+    ONLY_A: (1.0, 0.0, 1.0, 1.0),  # magenta
+    ONLY_B: (0.0, 1.0, 1.0, 1.0),  # cyan
+    OTHER_CLASS: (1.0, 1.0, 1.0, 1.0),  # white
+}
+INFECTION_ROW = "infection (GGO+consolidation)"
+BATCH_SIZE = 8
+
+
+def disagreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """uint8 map of where two label arrays disagree: ONLY_A, ONLY_B, OTHER_CLASS, else 0."""
+    out = np.zeros(a.shape, dtype=np.uint8)
+    in_a, in_b = a != 0, b != 0
+    out[in_a & ~in_b] = ONLY_A
+    out[in_b & ~in_a] = ONLY_B
+    out[in_a & in_b & (a != b)] = OTHER_CLASS
+    return out
+
+
+def compare_rows(a, b, ref, classes: dict[int, str], voxel_ml: float) -> list[dict]:
+    """One dict per foreground class of ``classes`` plus the infection group: volumes (ml) and Dice scores.
+
+    Dice comes from :func:`score_image` (NaN when the class is in neither array); the reference columns
+    (``dice A vs reference``, ``dice B vs reference``) are there only when ``ref`` is given.
+    """
+    ids = [int(i) for i in classes if i != 0]
+    groups = {INFECTION_ROW: tuple(next(iter(INFECTION.values())))}
+    members = {class_name(i): (i,) for i in ids} | groups
+    labels = {class_name(i): classes[i] for i in ids} | {INFECTION_ROW: INFECTION_ROW}
+    scores = {"A vs B": score_image(a, b, ids, groups)}
+    if ref is not None:
+        scores |= {
+            "A vs reference": score_image(a, ref, ids, groups),
+            "B vs reference": score_image(b, ref, ids, groups),
+        }
+    count = {m: np.bincount(np.asarray(x).ravel()) for m, x in (("A", a), ("B", b))}
+    rows = []
+    for key, label in labels.items():
+        row: dict = {"class": label}
+        for m, c in count.items():
+            row[f"volume {m} (ml)"] = float(sum(int(c[i]) for i in members[key] if i < len(c))) * voxel_ml
+        for pair, score in scores.items():
+            row[f"dice {pair}"] = score[key]["dice"]
+        rows.append(row)
+    return rows
+
+
+def compare_job(volume, checkpoints, device: str, ref, voxel_ml: float):
+    """Generator for the worker: model A then model B, one progress bar (A's slices, then B's).
+
+    Returns ``(segmentation A, segmentation B, disagreement, rows)``, the last two in the image layer's shape.
+    """
+    n, segs = volume.shape[0], []
+    for k, ckpt in enumerate(checkpoints):
+        stage = f"segmenting with {ckpt.name} ({k + 1}/{len(checkpoints)})"
+        gen = iter_segment(volume, ckpt, device=device, batch_size=BATCH_SIZE)
+        segs.append((yield from _shifted(gen, k * n, len(checkpoints) * n, stage)))
+    squeezed = bool(volume.meta.get("squeezed"))
+    a, b = (seg.labels[0] if squeezed else seg.labels for seg in segs)
+    classes = {c["id"]: c["name"] for c in segs[0].card.classes}
+    return segs[0], segs[1], disagreement(a, b), compare_rows(a, b, ref, classes, voxel_ml)
+
+
+def _shifted(gen, offset: int, total: int, stage: str):
+    """Re-yield ``gen``'s Progress as ``offset + done`` of ``total``; return what ``gen`` returns."""
+    while True:
+        try:
+            update = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(offset + update.done, total, stage)
+
+
+def _header(key: str, name_a: str, name_b: str) -> str:
+    """Table header of a row key: ``dice A vs reference`` -> ``Dice unet vs ref``."""
+    words = {"A": name_a, "B": name_b, "dice": "Dice\n", "reference": "ref", "volume": ""}
+    return " ".join(filter(None, (words.get(w, w) for w in key.split()))).replace("\n ", "\n")
+
+
+def _cell(key: str, value) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None or np.isnan(value):
+        return "\u2013"  # en dash
+    return f"{value:.3f}" if key.startswith("dice") else f"{value:.2f}"
+
+
+class CompareWidget(QWidget):
+    """Pick a CT, models A and B, optionally reference labels; Compare adds both results and where they disagree."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.image = LayerPicker(napari_viewer, Image)
+        self.model_a = ModelPicker("segmentation", default="unet")
+        self.model_b = ModelPicker("segmentation", default="resattunet")
+        self.reference = LayerPicker(napari_viewer, Labels, allow_none=True)
+        self.reference.setToolTip("Optional ground truth with the CT's shape: adds Dice of each model against it")
+        self.device = device_combo()
+        self.run_button = QPushButton("Compare")
+        self.run_button.clicked.connect(self._run_or_cancel)
+        self.grid = QCheckBox("grid view")
+        self.grid.setToolTip("napari's grid mode: one panel per layer, cameras linked (the CT in its own panel)")
+        self.grid.setChecked(bool(napari_viewer.grid.enabled))
+        self.grid.toggled.connect(self._set_grid)
+        napari_viewer.grid.events.enabled.connect(self._sync_grid)  # napari's own grid button moves the checkbox
+        self.destroyed.connect(lambda *_: napari_viewer.grid.events.enabled.disconnect(self._sync_grid))
+        self.bar = QProgressBar()
+        self.bar.setVisible(False)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.table = new_table()
+
+        form = QFormLayout()
+        pickers = {"image": self.image, "model A": self.model_a, "model B": self.model_b}
+        for label, widget in {**pickers, "reference": self.reference, "device": self.device}.items():
+            form.addRow(label, widget)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        title = QLabel("Lesion volume (ml) and agreement (Dice)")
+        for widget in (self.run_button, self.grid, self.bar, self.status, title, self.table):
+            layout.addWidget(widget)
+        self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)  # share the dock area, never squeeze
+        self.runner = JobRunner(self, napari_viewer, self.run_button, self.bar, self.status)
+        self.last_rows: list[dict] = []
+
+    def reset_choices(self, *_) -> None:
+        self.image.reset_choices()
+        self.reference.reset_choices()
+
+    def _set_grid(self, on: bool) -> None:
+        self.viewer.grid.enabled = bool(on)
+
+    def _sync_grid(self, *_) -> None:
+        try:
+            self.grid.blockSignals(True)
+            self.grid.setChecked(bool(self.viewer.grid.enabled))
+            self.grid.blockSignals(False)
+        except RuntimeError:  # the dock's C++ side is already gone
+            pass
+
+    def _run_or_cancel(self) -> None:
+        if self.runner.running:
+            self.runner.cancel()
+        else:
+            self.run()
+
+    def run(self) -> None:
+        """Start both models in one background job (messages instead of exceptions for bad input)."""
+        try:
+            layer = self.image.layer()
+            volume = layer_volume(layer)
+            ckpt_a, ckpt_b = self.model_a.checkpoint(), self.model_b.checkpoint()
+            if ckpt_a.name == ckpt_b.name:
+                raise InputError(f"models A and B are both {ckpt_a.name!r}; choose two different models")
+            ref = self._reference_data(layer)
+        except (InputError, CheckpointError) as exc:
+            self.runner.refuse(exc)
+            return
+        like, image_name, device = placement(layer), layer.name, self.device.currentText()
+        voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+        self.runner.start(
+            partial(compare_job, volume, (ckpt_a, ckpt_b), device, ref, voxel_ml),  # a generator function
+            description=f"Comparing {ckpt_a.name} and {ckpt_b.name} on {image_name}",
+            on_result=lambda result: self._show(result, volume, like, image_name),
+            source=layer,
+        )
+
+    def _reference_data(self, image) -> np.ndarray | None:
+        """The chosen reference labels as an integer array of the CT layer's shape, or None."""
+        ref = self.reference.layer()
+        if ref is None:
+            return None
+        data = np.array(ref.data)  # a snapshot: edits made while the job runs do not change its Dice
+        if data.shape != tuple(np.shape(image.data)):
+            raise InputError(
+                f"reference {ref.name!r} has shape {data.shape} but {image.name!r} has {tuple(np.shape(image.data))}; "
+                "choose labels drawn on this CT or (none)"
+            )
+        if not (np.issubdtype(data.dtype, np.integer) or data.dtype == bool) or (data.size and data.min() < 0):
+            raise InputError(f"reference {ref.name!r} must hold non-negative integer labels")
+        return data
+
+    def _show(self, result, volume, like: dict, image_name: str) -> None:
+        """GUI thread: add both lesion layers and the disagreement layer, fill the table, switch to the grid."""
+        seg_a, seg_b, diff, rows = result
+        name_a, name_b = seg_a.card.name, seg_b.card.name
+        for seg in (seg_a, seg_b):
+            classes = {c["id"]: c["name"] for c in seg.card.classes}
+            extra = {"model": seg.card.name, "device": seg.device}
+            add_lesion_labels(
+                self.viewer, seg.labels, volume, like, f"{image_name} lesions ({seg.card.name})", classes, extra
+            )
+        names = {k: v.format(a=name_a, b=name_b) for k, v in DISAGREEMENT_NAMES.items()}
+        metadata = {k: v for k, v in like["metadata"].items() if k in (GEOMETRY_KEY, "spacing")}
+        metadata |= {"classes": names, "models": [name_a, name_b]}
+        where = {k: like[k] for k in ("scale", "translate", "rotate", "shear", "affine")}
+        features = {"index": list(names), "class": list(names.values())}
+        name = f"{image_name} disagreement ({name_a} vs {name_b})"
+        self.viewer.add_labels(
+            diff, name=name, **where, metadata=metadata, features=features, colormap=dict(DISAGREEMENT_COLOURS)
+        )
+        self._fill_table(rows, name_a, name_b)
+        self.last_rows = rows
+        self.grid.setChecked(True)
+        self.viewer.grid.enabled = True
+        self.viewer.reset_view()  # every panel shows the whole slice
+        differ = float((diff != 0).sum()) * float(np.prod(volume.spacing)) / 1000.0
+        seconds = seg_a.seconds + seg_b.seconds
+        self.runner.set_status(
+            f"{name_a} vs {name_b}: {seg_a.labels.shape[0]} slices each in {seconds:.1f} s on {seg_a.device}; "
+            f"they disagree on {differ:.2f} ml"
+        )
+
+    def _fill_table(self, rows: list[dict], name_a: str, name_b: str) -> None:
+        """One row per dict of ``rows``; NaN (class in neither array) shows as an en dash."""
+        keys = list(rows[0]) if rows else []
+        self.table.clear()
+        self.table.setColumnCount(len(keys))
+        self.table.setRowCount(len(rows))
+        self.table.setHorizontalHeaderLabels([_header(k, name_a, name_b) for k in keys])
+        ids = {name: i for i, name in LESION_CLASSES.items()}
+        for r, row in enumerate(rows):
+            for c, key in enumerate(keys):
+                item = QTableWidgetItem(_cell(key, row[key]))
+                if c == 0 and row[key] in ids:
+                    item.setData(Qt.DecorationRole, QColor.fromRgbF(*LESION_COLOURS[ids[row[key]]]))
+                elif c > 0:
+                    item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                self.table.setItem(r, c, item)
+        self.table.resizeColumnsToContents()
+        fit_table_height(self.table)

@@ -1,0 +1,95 @@
+"""Segment dock end to end in a real viewer: labels on top of the CT, fixed colours, volumes, cancel, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Labels
+from napari.utils.colormaps import DirectLabelColormap
+
+from napari_covidseg._widgets.segment import SegmentWidget
+from napari_covidseg.constants import LESION_COLOURS
+from napari_covidseg.layers import GEOMETRY_KEY
+from tests.widgets.conftest import wait_for
+
+
+def test_segment_adds_labels_on_the_ct(viewer_with_ct, qtbot):
+    viewer = viewer_with_ct
+    dock = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(dock)
+    assert dock.image.currentText() == "ct"
+    assert dock.model.combo.currentText() == "unet"
+    assert "trained on" in dock.model.combo.toolTip()
+    dock.run_button.click()
+    assert dock.run_button.text() == "Cancel"
+    wait_for(qtbot, dock.runner)
+    ct = viewer.layers["ct"]
+    labels = viewer.layers["ct lesions (unet)"]
+    assert isinstance(labels, Labels)
+    assert labels.data.dtype == np.uint8 and labels.data.shape == ct.data.shape
+    np.testing.assert_allclose(labels.scale, ct.scale)
+    np.testing.assert_allclose(labels.translate, ct.translate)
+    assert labels.metadata[GEOMETRY_KEY] == ct.metadata[GEOMETRY_KEY]
+    assert isinstance(labels.colormap, DirectLabelColormap)
+    for class_id in (1, 2):
+        np.testing.assert_allclose(labels.colormap.map(class_id), LESION_COLOURS[class_id], atol=1e-6)
+    assert list(labels.features["class"][:3]) == ["background", "ground-glass opacity", "consolidation"]
+    assert set(np.unique(labels.data)) <= {0, 1, 2}
+    # the volume table agrees with the voxel counts of the layer
+    voxel_ml = float(np.prod(ct.scale)) / 1000
+    ggo_ml = float(dock.table.item(0, 1).text())
+    assert dock.table.item(0, 0).text() == "ground-glass opacity"
+    assert abs(ggo_ml - (labels.data == 1).sum() * voxel_ml) < 0.01
+    assert dock.run_button.text() == "Segment"
+
+
+def test_cancel_leaves_no_layer(viewer_with_ct, qtbot):
+    viewer = viewer_with_ct
+    dock = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(dock)
+    dock.batch.setValue(1)  # 16 yields: plenty of chances to stop
+    dock.run_button.click()
+    dock.run_button.click()  # Cancel
+    wait_for(qtbot, dock.runner)
+    assert [layer.name for layer in viewer.layers] == ["ct"]
+    assert "cancelled" in dock.status.text()
+    assert dock.run_button.text() == "Segment" and dock.run_button.isEnabled()
+
+
+def test_wrong_layer_gives_a_message(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    dock = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(dock)
+    dock.run_button.click()  # no image at all
+    assert "choose an image layer" in dock.status.text()
+    viewer.add_image(np.zeros((4, 32, 32, 3), dtype=np.uint8), name="photo", rgb=True)
+    dock.image.setCurrentText("photo")
+    dock.run_button.click()
+    assert "RGB" in dock.status.text()
+    assert not dock.runner.running
+    assert [layer.name for layer in viewer.layers] == ["photo"]
+
+
+def test_closing_the_viewer_mid_run_does_not_hang(viewer_with_ct, qtbot):
+    viewer = viewer_with_ct
+    dock = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(dock)
+    dock.batch.setValue(1)
+    dock.run_button.click()
+    runner = dock.runner
+    viewer.close()
+    wait_for(qtbot, runner, timeout=60_000)
+    assert runner.outcome == "aborted"  # stopped at the next batch instead of computing for a closed window
+    assert not any("lesions" in layer.name for layer in viewer.layers)
+
+
+def test_deleting_the_image_mid_run_cancels(viewer_with_ct, qtbot):
+    viewer = viewer_with_ct
+    dock = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(dock)
+    dock.batch.setValue(1)
+    dock.run_button.click()
+    viewer.layers.remove("ct")
+    wait_for(qtbot, dock.runner)
+    assert dock.runner.outcome == "aborted"
+    assert len(viewer.layers) == 0
+    assert "was removed" in dock.status.text()
