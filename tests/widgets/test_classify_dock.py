@@ -77,25 +77,6 @@ def test_cancel_leaves_no_layer(viewer_with_ct, qtbot):
     assert dock.run_button.text() == "Classify" and dock.run_button.isEnabled()
 
 
-def test_wrong_layer_gives_a_message(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    dock = ClassifyWidget(viewer)
-    viewer.window.add_dock_widget(dock)
-    dock.run_button.click()  # no image at all
-    assert "choose an image layer" in dock.status.text()
-    assert not dock.runner.running
-    viewer.add_labels(np.zeros((4, 32, 32), dtype=np.uint8), name="masks")
-    assert dock.image.count() == 0  # Labels are not offered as images
-    dock.run_button.click()
-    assert "choose an image layer" in dock.status.text()
-    viewer.add_image(np.zeros((4, 32, 32, 3), dtype=np.uint8), name="photo", rgb=True)
-    dock.image.setCurrentText("photo")
-    dock.run_button.click()
-    assert "RGB" in dock.status.text()
-    assert not dock.runner.running
-    assert [layer.name for layer in viewer.layers] == ["masks", "photo"]
-
-
 def test_a_2d_slice_gets_a_2d_cam(viewer_with_ct, qtbot):
     viewer = viewer_with_ct
     ct = viewer.layers["ct"]

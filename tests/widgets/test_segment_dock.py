@@ -55,20 +55,6 @@ def test_cancel_leaves_no_layer(viewer_with_ct, qtbot):
     assert dock.run_button.text() == "Segment" and dock.run_button.isEnabled()
 
 
-def test_wrong_layer_gives_a_message(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    dock = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(dock)
-    dock.run_button.click()  # no image at all
-    assert "choose an image layer" in dock.status.text()
-    viewer.add_image(np.zeros((4, 32, 32, 3), dtype=np.uint8), name="photo", rgb=True)
-    dock.image.setCurrentText("photo")
-    dock.run_button.click()
-    assert "RGB" in dock.status.text()
-    assert not dock.runner.running
-    assert [layer.name for layer in viewer.layers] == ["photo"]
-
-
 def test_closing_the_viewer_mid_run_does_not_hang(viewer_with_ct, qtbot):
     viewer = viewer_with_ct
     dock = SegmentWidget(viewer)
@@ -93,3 +79,37 @@ def test_deleting_the_image_mid_run_cancels(viewer_with_ct, qtbot):
     assert dock.runner.outcome == "aborted"
     assert len(viewer.layers) == 0
     assert "was removed" in dock.status.text()
+
+
+def test_a_user_model_appears_after_rescan_and_a_damaged_one_fails_with_a_message(
+    viewer_with_ct, qtbot, tmp_path, monkeypatch
+):
+    """A model saved while the dock is open shows up on rescan (marked as the user's); a damaged weights file
+    fails inside the worker and comes back as a message and a napari notification, with no layer added."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_covidseg.models.checkpoint import save_checkpoint, user_models_dir
+    from tests.helpers import build_for, segmentation_card
+
+    monkeypatch.setenv("COVIDSEG_HOME", str(tmp_path / "home"))
+    viewer = viewer_with_ct
+    dock = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(dock)
+    card = segmentation_card("my-tiny-unet")
+    ckpt = save_checkpoint(build_for(card), card, user_models_dir())
+    dock.model.refresh_button.click()
+    assert dock.model.select("my-tiny-unet")
+    assert dock.model.combo.currentText() == "my-tiny-unet (yours)"
+    dock.run_button.click()
+    wait_for(qtbot, dock.runner)
+    assert dock.runner.outcome == "returned"
+    assert "ct lesions (my-tiny-unet)" in viewer.layers
+
+    ckpt.weights.write_bytes(ckpt.weights.read_bytes()[:-16] + bytes(16))  # a damaged download or disk
+    dock.run_button.click()
+    wait_for(qtbot, dock.runner)
+    assert dock.runner.outcome == "errored"
+    assert "failed" in dock.status.text() and "sha256" in dock.status.text().lower()
+    assert "failed" in str(notification_manager.records[-1].message)
+    assert [layer.name for layer in viewer.layers] == ["ct", "ct lesions (my-tiny-unet)"]
+    assert dock.run_button.text() == "Segment" and dock.run_button.isEnabled()

@@ -73,7 +73,7 @@ class JobRunner:
             return
         if not inspect.isgeneratorfunction(job) and not _is_generator_partial(job):
             raise TypeError("JobRunner.start needs a generator function (it yields Progress after every batch)")
-        worker = create_worker(job, _start_thread=False)
+        worker = create_worker(job, _start_thread=False, _ignore_errors=True)  # errors go to _on_error, not re-raised
         self.worker = worker
         self.outcome = ""
         self._source, self._orphaned = source, False

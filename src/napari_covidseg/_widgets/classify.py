@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from napari.layers import Image
-from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QLabel, QProgressBar, QVBoxLayout, QWidget
 
-from napari_covidseg._widgets._common import LayerPicker, ModelPicker, device_combo, layer_volume, placement
-from napari_covidseg._widgets._workers import JobRunner
+from napari_covidseg._widgets._common import ModelPicker
+from napari_covidseg._widgets._dock import JobDock
 from napari_covidseg.constants import DIAGNOSIS_CLASSES, DIAGNOSIS_COLOURS
 from napari_covidseg.errors import CheckpointError, InputError
 from napari_covidseg.inference.classify import Classification, iter_classify
@@ -27,51 +26,28 @@ def _bar_style(rgba) -> str:
     return f"QProgressBar::chunk {{ background-color: rgb({r}, {g}, {b}); }} QProgressBar {{ text-align: center; }}"
 
 
-class ClassifyWidget(QWidget):
-    """Pick a CT layer, a model and a device; Run shows one probability (0-100 %) per diagnosis class and adds
+class ClassifyWidget(JobDock):
+    """Pick a CT layer, a model and a device; Classify shows one probability (0-100 %) per diagnosis class and adds
     ``<image> CAM <class> (<model>)``: a float32 (z, y, x) heat map in [0, 1] on the CT's voxel grid."""
 
+    RUN_TEXT = "Classify"
+
     def __init__(self, napari_viewer: napari.Viewer, parent=None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self.image = LayerPicker(napari_viewer, Image)
+        super().__init__(napari_viewer, parent)
         self.model = ModelPicker("classification", default="daresnet18_3d")
-        self.device = device_combo()
         self.cam_for = QComboBox()
         self.cam_for.setToolTip("Which class the activation map explains (default: the most probable one)")
-        self.run_button = QPushButton("Classify")
-        self.run_button.clicked.connect(self._run_or_cancel)
-        self.bar = QProgressBar()
-        self.bar.setVisible(False)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
         self.prob_bars: dict[str, QProgressBar] = {}
-        self.prob_box = QVBoxLayout()
+        self.prob_box = QWidget()
+        QVBoxLayout(self.prob_box).setContentsMargins(0, 0, 0, 0)
         self.note = QLabel("")  # the model card's notes: demonstration weights must not be read as a diagnosis
         self.note.setWordWrap(True)
         self.note.setStyleSheet("font-style: italic; color: rgb(255, 170, 60);")
-
-        form = QFormLayout()
-        form.addRow("image", self.image)
-        form.addRow("model", self.model)
-        form.addRow("device", self.device)
-        form.addRow("CAM for", self.cam_for)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.run_button)
-        layout.addWidget(self.bar)
-        layout.addWidget(self.status)
-        layout.addWidget(QLabel("Diagnosis probabilities"))
-        layout.addLayout(self.prob_box)
-        layout.addWidget(self.note)
-        self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)  # share the dock area, never squeeze
-        self.runner = JobRunner(self, napari_viewer, self.run_button, self.bar, self.status)
+        fields = {"image": self.image, "model": self.model, "device": self.device, "CAM for": self.cam_for}
+        self.lay_out(fields, [QLabel("Diagnosis probabilities"), self.prob_box, self.note])
         self.last_result: Classification | None = None
         self.model.combo.currentIndexChanged.connect(self._sync_model)
         self._sync_model()
-
-    def reset_choices(self, *_) -> None:
-        self.image.reset_choices()
 
     def _sync_model(self, *_) -> None:
         """Class list (bars, CAM choices) and the model's notes follow the chosen model."""
@@ -91,7 +67,7 @@ class ClassifyWidget(QWidget):
     def _build_bars(self, names: list[str], colours: dict) -> None:
         """One 0-100 % bar per class, coloured like the class (DIAGNOSIS_COLOURS for the bundled classes)."""
         for bar in self.prob_bars.values():
-            self.prob_box.removeWidget(bar)
+            self.prob_box.layout().removeWidget(bar)
             bar.deleteLater()
         self.prob_bars = {}
         known = dict(zip(DIAGNOSIS_CLASSES, DIAGNOSIS_COLOURS))
@@ -101,39 +77,20 @@ class ClassifyWidget(QWidget):
             bar.setValue(0)
             bar.setFormat(f"{name}: \u2013")
             bar.setStyleSheet(_bar_style(known.get(name) or colours.get(name) or (0.6, 0.6, 0.6, 1.0)))
-            self.prob_box.addWidget(bar)
+            self.prob_box.layout().addWidget(bar)
             self.prob_bars[name] = bar
 
-    def _run_or_cancel(self) -> None:
-        if self.runner.running:
-            self.runner.cancel()
-        else:
-            self.run()
-
-    def run(self) -> None:
-        """Start classifying (messages instead of exceptions for bad input)."""
-        try:
-            layer = self.image.layer()
-            volume = layer_volume(layer)
-            checkpoint = self.model.checkpoint()
-        except (InputError, CheckpointError) as exc:
-            self.runner.refuse(exc)
-            return
-        like = placement(layer)
+    def prepare(self, layer, volume):
+        checkpoint = self.model.checkpoint()
         device = self.device.currentText()
         cam_class = None if self.cam_for.currentText() in (PREDICTED, "") else self.cam_for.currentText()
 
         def job():
             return (yield from iter_classify(volume, checkpoint, device=device, cam_class=cam_class))
 
-        self.runner.start(
-            job,
-            description=f"Classifying {layer.name} with {checkpoint.name}",
-            on_result=lambda res: self._show(res, volume, like, layer.name),
-            source=layer,
-        )
+        return job, f"Classifying {layer.name} with {checkpoint.name}"
 
-    def _show(self, res: Classification, volume, like: dict, image_name: str) -> None:
+    def show_result(self, res: Classification, volume, like: dict, image_name: str) -> None:
         names = list(res.probabilities)
         if names != list(self.prob_bars):
             self._build_bars(names, {c["name"]: c.get("colour") for c in res.card.classes})

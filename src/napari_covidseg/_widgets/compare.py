@@ -6,35 +6,26 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
-from napari.layers import Image, Labels
+from napari.layers import Labels
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QCheckBox,
-    QFormLayout,
     QLabel,
-    QProgressBar,
-    QPushButton,
-    QSizePolicy,
     QTableWidgetItem,
-    QVBoxLayout,
-    QWidget,
 )
 
 from napari_covidseg._widgets._common import (
     LayerPicker,
     ModelPicker,
     add_lesion_labels,
-    device_combo,
     fit_table_height,
-    layer_volume,
     new_table,
-    placement,
 )
-from napari_covidseg._widgets._workers import JobRunner
+from napari_covidseg._widgets._dock import JobDock
 from napari_covidseg.analysis.metrics import INFECTION, class_name, score_image
 from napari_covidseg.constants import LESION_CLASSES, LESION_COLOURS
-from napari_covidseg.errors import CheckpointError, InputError
+from napari_covidseg.errors import InputError
 from napari_covidseg.inference.segment import Progress, iter_segment
 from napari_covidseg.layers import GEOMETRY_KEY
 
@@ -138,48 +129,28 @@ def _cell(key: str, value) -> str:
     return f"{value:.3f}" if key.startswith("dice") else f"{value:.2f}"
 
 
-class CompareWidget(QWidget):
+class CompareWidget(JobDock):
     """Pick a CT, models A and B, optionally reference labels; Compare adds both results and where they disagree."""
 
+    RUN_TEXT = "Compare"
+
     def __init__(self, napari_viewer: napari.Viewer, parent=None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self.image = LayerPicker(napari_viewer, Image)
+        super().__init__(napari_viewer, parent)
         self.model_a = ModelPicker("segmentation", default="unet")
         self.model_b = ModelPicker("segmentation", default="resattunet")
         self.reference = LayerPicker(napari_viewer, Labels, allow_none=True)
         self.reference.setToolTip("Optional ground truth with the CT's shape: adds Dice of each model against it")
-        self.device = device_combo()
-        self.run_button = QPushButton("Compare")
-        self.run_button.clicked.connect(self._run_or_cancel)
         self.grid = QCheckBox("grid view")
         self.grid.setToolTip("napari's grid mode: one panel per layer, cameras linked (the CT in its own panel)")
         self.grid.setChecked(bool(napari_viewer.grid.enabled))
         self.grid.toggled.connect(self._set_grid)
         napari_viewer.grid.events.enabled.connect(self._sync_grid)  # napari's own grid button moves the checkbox
         self.destroyed.connect(lambda *_: napari_viewer.grid.events.enabled.disconnect(self._sync_grid))
-        self.bar = QProgressBar()
-        self.bar.setVisible(False)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
         self.table = new_table()
-
-        form = QFormLayout()
-        pickers = {"image": self.image, "model A": self.model_a, "model B": self.model_b}
-        for label, widget in {**pickers, "reference": self.reference, "device": self.device}.items():
-            form.addRow(label, widget)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        title = QLabel("Lesion volume (ml) and agreement (Dice)")
-        for widget in (self.run_button, self.grid, self.bar, self.status, title, self.table):
-            layout.addWidget(widget)
-        self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)  # share the dock area, never squeeze
-        self.runner = JobRunner(self, napari_viewer, self.run_button, self.bar, self.status)
+        fields = {"image": self.image, "model A": self.model_a, "model B": self.model_b}
+        fields |= {"reference": self.reference, "device": self.device}
+        self.lay_out(fields, [self.grid, QLabel("Lesion volume (ml) and agreement (Dice)"), self.table])
         self.last_rows: list[dict] = []
-
-    def reset_choices(self, *_) -> None:
-        self.image.reset_choices()
-        self.reference.reset_choices()
 
     def _set_grid(self, on: bool) -> None:
         self.viewer.grid.enabled = bool(on)
@@ -192,32 +163,15 @@ class CompareWidget(QWidget):
         except RuntimeError:  # the dock's C++ side is already gone
             pass
 
-    def _run_or_cancel(self) -> None:
-        if self.runner.running:
-            self.runner.cancel()
-        else:
-            self.run()
-
-    def run(self) -> None:
-        """Start both models in one background job (messages instead of exceptions for bad input)."""
-        try:
-            layer = self.image.layer()
-            volume = layer_volume(layer)
-            ckpt_a, ckpt_b = self.model_a.checkpoint(), self.model_b.checkpoint()
-            if ckpt_a.name == ckpt_b.name:
-                raise InputError(f"models A and B are both {ckpt_a.name!r}; choose two different models")
-            ref = self._reference_data(layer)
-        except (InputError, CheckpointError) as exc:
-            self.runner.refuse(exc)
-            return
-        like, image_name, device = placement(layer), layer.name, self.device.currentText()
+    def prepare(self, layer, volume):
+        """Both models in one background job; refuses twice the same model or a reference of another shape."""
+        ckpt_a, ckpt_b = self.model_a.checkpoint(), self.model_b.checkpoint()
+        if ckpt_a.name == ckpt_b.name:
+            raise InputError(f"models A and B are both {ckpt_a.name!r}; choose two different models")
+        ref = self._reference_data(layer)
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-        self.runner.start(
-            partial(compare_job, volume, (ckpt_a, ckpt_b), device, ref, voxel_ml),  # a generator function
-            description=f"Comparing {ckpt_a.name} and {ckpt_b.name} on {image_name}",
-            on_result=lambda result: self._show(result, volume, like, image_name),
-            source=layer,
-        )
+        job = partial(compare_job, volume, (ckpt_a, ckpt_b), self.device.currentText(), ref, voxel_ml)
+        return job, f"Comparing {ckpt_a.name} and {ckpt_b.name} on {layer.name}"
 
     def _reference_data(self, image) -> np.ndarray | None:
         """The chosen reference labels as an integer array of the CT layer's shape, or None."""
@@ -234,7 +188,7 @@ class CompareWidget(QWidget):
             raise InputError(f"reference {ref.name!r} must hold non-negative integer labels")
         return data
 
-    def _show(self, result, volume, like: dict, image_name: str) -> None:
+    def show_result(self, result, volume, like: dict, image_name: str) -> None:
         """GUI thread: add both lesion layers and the disagreement layer, fill the table, switch to the grid."""
         seg_a, seg_b, diff, rows = result
         name_a, name_b = seg_a.card.name, seg_b.card.name
