@@ -15,7 +15,7 @@ from napari_covidseg.inference import (
     resolve_device,
     segment_volume,
 )
-from napari_covidseg.inference.preprocess import prepare_slices
+from napari_covidseg.inference.preprocess import CHUNK, prepare_slices
 from napari_covidseg.io import CTVolume, load_ct
 from napari_covidseg.models.checkpoint import LoadedModel
 from napari_covidseg.sample import make_phantom
@@ -124,6 +124,20 @@ def test_classify_probabilities_and_cam_on_ct_grid():
     assert updates[-1].done == updates[-1].total
     other = classify_volume(vol, LoadedModel(build_for(card), card), device="cpu", cam_class="normal")
     assert other.cam_class == "normal"
+    with pytest.raises(InputError, match="no class 'pneumonia'"):
+        classify_volume(vol, LoadedModel(build_for(card), card), device="cpu", cam_class="pneumonia")
+
+
+def test_classify_yields_after_every_chunk_of_slices():
+    """A long volume reports progress (and can be cancelled) while it is resampled, chunk by chunk."""
+    card = classification_card(size=(8, 32, 32))
+    vol, _ = phantom_volume(shape=(3 * CHUNK + 5, 48, 48))
+    updates = []
+    classify_volume(vol, LoadedModel(build_for(card), card), device="cpu", progress=updates.append)
+    preparing = [u.done for u in updates if u.stage == "preparing"]
+    assert preparing == [0, 1, 2, 3, 4]  # the start, then each of the 4 chunks
+    done = [u.done for u in updates]
+    assert done == sorted(done) and updates[-1].done == updates[-1].total
 
 
 def test_classify_cancel():

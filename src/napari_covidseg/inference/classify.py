@@ -47,7 +47,12 @@ class Classification:
 
 
 def _resample_to_input(volume: CTVolume, card: ModelCard, ys: slice, xs: slice) -> torch.Tensor:
-    """(1, 1, D, H, W) network input: in-plane resize chunk by chunk, then along z."""
+    """(1, 1, D, H, W) network input of ``volume`` cropped to (ys, xs) (see :func:`_iter_resample`)."""
+    return run_generator(_iter_resample(volume, card, ys, xs))
+
+
+def _iter_resample(volume: CTVolume, card: ModelCard, ys: slice, xs: slice) -> Generator[int, None, torch.Tensor]:
+    """In-plane resize chunk by chunk (yielding the chunks done), then along z; returns (1, 1, D, H, W)."""
     d, h, w = card.input_size
     planes = []
     for z0 in range(0, volume.shape[0], CHUNK):
@@ -55,6 +60,7 @@ def _resample_to_input(volume: CTVolume, card: ModelCard, ys: slice, xs: slice) 
         planes.append(
             F.interpolate(chunk[:, None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[:, 0]
         )
+        yield len(planes)
     stack = torch.cat(planes)  # (Z, H, W), small
     stack = F.interpolate(stack.permute(1, 2, 0).reshape(1, h * w, -1), size=d, mode="linear", align_corners=False)
     return stack.reshape(h, w, d).permute(2, 0, 1)[None, None].contiguous()
@@ -79,7 +85,14 @@ def iter_classify(
     total = 2 * n_chunks + 1
     yield Progress(0, total, "preparing")
     ys, xs = body_box(volume.array, volume.intensity)
-    x = _resample_to_input(volume, card, ys, xs).to(dev)
+    resample = _iter_resample(volume, card, ys, xs)
+    while True:  # one progress update per chunk of slices
+        try:
+            done = next(resample)
+        except StopIteration as finished:
+            x = finished.value.to(dev)
+            break
+        yield Progress(done, total, "preparing")
     yield Progress(n_chunks, total, "classifying")
     with torch.inference_mode(), autocast(dev):
         features = net.forward_features(x)
