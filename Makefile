@@ -34,9 +34,9 @@ system-deps:
 		echo "napari's tests need these Debian packages; as root run: apt-get install$$missing"; exit 1; \
 	fi
 
-# napari with the phantom CT and the segment / classify / compare docks (IMAGE=path opens your own scan instead).
+# napari with the phantom CT and all docks: segment, classify, compare, correct, fine-tune (IMAGE=path: your scan).
 demo: install
-	$(VENV)/bin/covidseg demo $(IMAGE) --compare
+	$(VENV)/bin/covidseg demo $(IMAGE) --compare --correct
 
 # The README screenshots, made by the demo itself under Xvfb.
 screenshots: install system-deps

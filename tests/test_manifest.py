@@ -27,6 +27,8 @@ def test_manifest_validates_and_is_found_by_entry_point():
         "Segment lesions",
         "Classify scan (CAM)",
         "Compare U-Net vs ResAttUNet",
+        "Correct segmentation",
+        "Fine-tune on corrections",
     }
     (reader,) = contributions.readers
     assert reader.accepts_directories and "*.nii.gz" in reader.filename_patterns

@@ -15,13 +15,19 @@ import numpy as np
 from napari_covidseg.errors import InputError
 
 PLUGIN = "napari-covidseg"
-DOCKS = {"segment": "Segment lesions", "classify": "Classify scan (CAM)", "compare": "Compare U-Net vs ResAttUNet"}
+DOCKS = {
+    "segment": "Segment lesions",
+    "classify": "Classify scan (CAM)",
+    "compare": "Compare U-Net vs ResAttUNet",
+    "correct": "Correct segmentation",
+    "finetune": "Fine-tune on corrections",
+}
 WINDOW_SIZE = (1600, 1100)
 POLL_MS = 200
 log = logging.getLogger(__name__)
 
 
-def open_demo(viewer, image: str | None = None, compare: bool = False) -> dict:
+def open_demo(viewer, image: str | None = None, compare: bool = False, correct: bool = False) -> dict:
     """Open ``image`` (or the phantom sample) and dock the plugin's widgets; returns {key: widget}."""
     if image is None:
         layers = viewer.open_sample(PLUGIN, "phantom")
@@ -31,14 +37,15 @@ def open_demo(viewer, image: str | None = None, compare: bool = False) -> dict:
         if not Path(image).exists():
             raise InputError(f"{image}: no such file or folder")
         layers = viewer.open(image, plugin=PLUGIN)
-    keys = ["segment", "classify"] + (["compare"] if compare else [])
+    keys = ["segment", "classify"] + (["compare"] if compare else []) + (["correct", "finetune"] if correct else [])
     widgets = {}
     for key in keys:
-        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, DOCKS[key], tabify=key == "compare")
+        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, DOCKS[key], tabify=key not in ("segment", "classify"))
         widgets[key] = widget
     ct = layers[0].name
     for widget in widgets.values():
-        widget.image.setCurrentText(ct)
+        if hasattr(widget, "image"):
+            widget.image.setCurrentText(ct)
     return widgets
 
 
@@ -77,6 +84,7 @@ def run_demo(
     *,
     run: bool = False,
     compare: bool = False,
+    correct: bool = False,
     screenshot: str | None = None,
     device: str = "auto",
 ) -> int:
@@ -86,11 +94,12 @@ def run_demo(
 
     viewer = napari.Viewer(title="napari-covidseg demo")
     viewer.window.resize(*WINDOW_SIZE)
-    widgets = open_demo(viewer, image, compare)
+    widgets = open_demo(viewer, image, compare, correct)
     state = {"code": 0}
 
     def finish() -> None:
-        failed = [k for k, w in widgets.items() if run and w.runner.outcome not in ("returned", "")]
+        jobs = {k: w for k, w in widgets.items() if hasattr(w, "runner")}
+        failed = [k for k, w in jobs.items() if run and w.runner.outcome not in ("returned", "")]
         if failed:
             log.error("demo: %s did not finish: %s", ", ".join(failed), widgets[failed[0]].status.text())
             state["code"] = 1
@@ -110,7 +119,7 @@ def run_demo(
         timer = QTimer()
 
         def poll() -> None:
-            if run and any(w.runner.running for w in widgets.values()):
+            if run and any(w.runner.running for w in widgets.values() if hasattr(w, "runner")):
                 return
             timer.stop()
             finish()

@@ -1,4 +1,4 @@
-"""`covidseg` command line: segment, classify, evaluate, train, train-classifier, models, sample.
+"""`covidseg` command line: segment, classify, evaluate, train, finetune, train-classifier, models, sample.
 
 Bad input (unreadable file, unknown model, wrong arguments) prints one line ``covidseg: error: ...`` and exits 2.
 Progress bars go to stderr; results (JSON or tables) to stdout.
@@ -171,6 +171,54 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_covidseg.models.checkpoint import resolve_model
+    from napari_covidseg.training.finetune import FinetuneSettings, iter_finetune, suggest_name
+
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    if args.steps < 1 or args.batch_size < 1 or args.lr <= 0:
+        raise InputError("need --steps >= 1, --batch-size >= 1 and --lr > 0")
+    base = resolve_model(args.base, task="segmentation")  # a bad name fails before anything else
+    name = args.output or suggest_name(base.card.name, out_dir)
+    settings = FinetuneSettings(steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    gen = iter_finetune(base, Path(args.data), name, settings, device=args.device, out_dir=out_dir)
+    next(gen)  # the name, settings and folder are checked here, before the first message
+    print(f"covidseg: fine-tuning {base.card.name} on {args.data} as {name!r}", file=sys.stderr)
+    bar = tqdm(total=args.steps, desc="finetune", unit="step", file=sys.stderr, leave=False, disable=None)
+    try:
+        while True:
+            p = next(gen)
+            bar.set_description(f"finetune: {p.stage}")
+            bar.n = p.done
+            if p.loss is not None:
+                bar.set_postfix(loss=f"{p.loss:.3f}")
+            bar.refresh()
+    except StopIteration as done:
+        result = done.value
+    finally:
+        bar.close()
+    print(
+        json.dumps(
+            {
+                "name": result.checkpoint.name,
+                "path": str(result.checkpoint.weights),
+                "parent": result.checkpoint.card.training["parent"],
+                "steps": len(result.losses),
+                "seconds": round(result.seconds, 1),
+                "before": result.before,
+                "after": result.after,
+                "evaluated_on": result.evaluated_on,
+                "train_keys": len(result.train_keys),
+                "held_back": result.test_keys,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
 def cmd_train_classifier(args: argparse.Namespace) -> int:
     from napari_covidseg.models.checkpoint import user_models_dir
     from napari_covidseg.training.classifier import format_loo_table, parse_size, run_train_classifier
@@ -236,7 +284,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise InputError(f"{args.image}: no such file or folder")
     if args.screenshot and not args.screenshot.lower().endswith((".png", ".jpg", ".jpeg")):
         raise InputError(f"--screenshot must end in .png or .jpg, got {args.screenshot!r}")
-    return run_demo(args.image, run=args.run, compare=args.compare, screenshot=args.screenshot, device=args.device)
+    return run_demo(
+        args.image,
+        run=args.run,
+        compare=args.compare,
+        correct=args.correct,
+        screenshot=args.screenshot,
+        device=args.device,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,6 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("finetune", help="fine-tune a segmentation model on a corrections folder (a new model)")
+    p.add_argument("--base", required=True, help="installed segmentation model to start from (see `covidseg models`)")
+    p.add_argument("--data", required=True, help="corrections folder: images/ + masks/ with one slice per file")
+    p.add_argument("-o", "--output", help="name of the new model (default: BASE-ftN, the first free N)")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", help="where to write the model (default: the user models folder)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_finetune)
+
     p = sub.add_parser("train-classifier", help="train a 3D COVID-19 / pneumonia / normal classifier on CT volumes")
     p.add_argument(
         "data", nargs="+", help="volumes or folders; class from the folder or file-name prefix (COVID-19, CAP, normal)"
@@ -310,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also dock the model comparison; --run then runs it instead of segment + classify",
     )
+    p.add_argument("--correct", action="store_true", help="also dock Correct segmentation and Fine-tune on corrections")
     p.add_argument("--screenshot", help="save a PNG of the whole window (after --run finishes) and exit")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_demo)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from psygnal import Signal
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QPushButton, QTableWidget, QTableWidgetItem, QWidget
@@ -19,6 +20,17 @@ if TYPE_CHECKING:
     import napari
 
 NONE_TEXT = "(none)"
+
+
+class _ModelEvents:
+    """``models.changed()`` after a model is added or removed: every model picker in every dock rescans.
+    ``models.created(name)``: a new model to select in the pickers made with ``follow_new=True``."""
+
+    changed = Signal()
+    created = Signal(str)
+
+
+models = _ModelEvents()
 
 
 class LayerPicker(QComboBox):
@@ -58,16 +70,20 @@ class LayerPicker(QComboBox):
 
 def _disconnect_all(events, slot) -> None:
     for event in (events.inserted, events.removed, events.reordered, events.renamed):
-        try:
-            event.disconnect(slot)
-        except (TypeError, ValueError, RuntimeError):
-            pass
+        _disconnect(event, slot)
+
+
+def _disconnect(signal, slot) -> None:
+    try:
+        signal.disconnect(slot)
+    except (TypeError, ValueError, RuntimeError):
+        pass
 
 
 class ModelPicker(QWidget):
     """Bundled and user models of one task; hovering an entry shows its model card; the button rescans."""
 
-    def __init__(self, task: str, default: str | None = None, parent=None):
+    def __init__(self, task: str, default: str | None = None, parent=None, *, follow_new: bool = False):
         super().__init__(parent)
         self.task = task
         self.combo = QComboBox()
@@ -81,12 +97,18 @@ class ModelPicker(QWidget):
         row.addWidget(self.refresh_button)
         self._checkpoints: list[Checkpoint] = []
         self.combo.currentIndexChanged.connect(self._sync_tooltip)
+        models.changed.connect(self.refresh)
+        self.destroyed.connect(lambda *_: _disconnect(models.changed, self.refresh))
+        if follow_new:
+            models.created.connect(self._select_new)
+            self.destroyed.connect(lambda *_: _disconnect(models.created, self._select_new))
         self.refresh()
         if default is not None:
             self.select(default)
 
     def refresh(self, *_) -> None:
-        current = self.combo.currentText()
+        """Rescan bundled and user models, keeping the current choice when it still exists."""
+        current = self.selected_name()
         self._checkpoints = list_checkpoints(self.task)
         self.combo.clear()
         for i, ckpt in enumerate(self._checkpoints):
@@ -94,11 +116,15 @@ class ModelPicker(QWidget):
             self.combo.addItem(label)
             self.combo.setItemData(i, card_tooltip(ckpt), Qt.ToolTipRole)
         if current:
-            self.combo.setCurrentText(current)
+            self.select(current)
         self._sync_tooltip(self.combo.currentIndex())
 
     def _sync_tooltip(self, index: int) -> None:
         self.combo.setToolTip(self.combo.itemData(index, Qt.ToolTipRole) or "")
+
+    def _select_new(self, name: str) -> None:
+        self.refresh()
+        self.select(name)
 
     def select(self, name: str) -> bool:
         for i, ckpt in enumerate(self._checkpoints):
@@ -106,6 +132,10 @@ class ModelPicker(QWidget):
                 self.combo.setCurrentIndex(i)
                 return True
         return False
+
+    def selected_name(self) -> str:
+        index = self.combo.currentIndex()
+        return self._checkpoints[index].name if 0 <= index < len(self._checkpoints) else ""
 
     def checkpoint(self) -> Checkpoint:
         index = self.combo.currentIndex()

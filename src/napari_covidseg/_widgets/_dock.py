@@ -1,7 +1,8 @@
-"""The base of every dock: image and device pickers, a Run button that turns into Cancel, progress and a status line.
+"""The base of every dock that runs a job: a device picker, a Run button that turns into Cancel, progress, status.
 
-A dock subclass adds its own inputs, then implements :meth:`JobDock.prepare` (read the inputs, return the generator
-job; raise InputError for bad input) and :meth:`JobDock.show_result` (turn the job's result into layers).
+:class:`JobDock` subclasses implement ``start_job`` (read the inputs, return the job; raise InputError for bad
+input). :class:`ImageJobDock` adds the image picker: its subclasses implement :meth:`ImageJobDock.prepare` (the
+generator job for one CT) and :meth:`ImageJobDock.show_result` (turn the job's result into layers).
 """
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ if TYPE_CHECKING:
 
 
 class JobDock(QWidget):
-    """One background job at a time on the chosen image layer; see the module docstring."""
+    """One background job at a time; see the module docstring."""
 
     RUN_TEXT = "Run"
 
     def __init__(self, napari_viewer: napari.Viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.image = LayerPicker(napari_viewer, Image)
         self.device = device_combo()
         self.run_button = QPushButton(self.RUN_TEXT)
         self.run_button.clicked.connect(self._run_or_cancel)
@@ -62,21 +62,35 @@ class JobDock(QWidget):
             self.run()
 
     def run(self) -> None:
-        """Start the job on the chosen image; bad input becomes a message, never a traceback."""
+        """Start the job; bad input becomes a message, never a traceback."""
         try:
-            layer = self.image.layer()
-            volume = layer_volume(layer)
-            job, description = self.prepare(layer, volume)
+            job, description, on_result, source = self.start_job()
         except (InputError, CheckpointError) as exc:
             self.runner.refuse(exc)
             return
+        self.runner.start(job, description=description, on_result=on_result, source=source, on_yield=self.on_progress)
+
+    def on_progress(self, update) -> None:
+        """Every progress update of the running job (GUI thread); e.g. a live loss curve."""
+
+    def start_job(self) -> tuple[Callable[[], Generator], str, Callable[[Any], None], Any]:
+        """(generator function, description, result callback, layer the job reads or None)."""
+        raise NotImplementedError
+
+
+class ImageJobDock(JobDock):
+    """A job on the CT chosen in the ``image`` picker; results are placed exactly on that layer."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent=None):
+        super().__init__(napari_viewer, parent)
+        self.image = LayerPicker(napari_viewer, Image)
+
+    def start_job(self):
+        layer = self.image.layer()
+        volume = layer_volume(layer)
+        job, description = self.prepare(layer, volume)
         like, name = placement(layer), layer.name
-        self.runner.start(
-            job,
-            description=description,
-            on_result=lambda result: self.show_result(result, volume, like, name),
-            source=layer,
-        )
+        return job, description, lambda result: self.show_result(result, volume, like, name), layer
 
     def prepare(self, layer, volume: CTVolume) -> tuple[Callable[[], Generator[Any, None, Any]], str]:
         """Read the dock's inputs; return (generator function, description). Raise InputError for bad input."""

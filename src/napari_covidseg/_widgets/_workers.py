@@ -63,11 +63,12 @@ class JobRunner:
         description: str,
         on_result: Callable[[Any], None],
         source=None,
+        on_yield: Callable[[Any], None] | None = None,
     ) -> None:
         """Run ``job()`` (a generator) in a thread; ``on_result(value)`` gets its return value in the GUI thread.
 
         ``source``: the layer the job reads; if it leaves the viewer (deleted, or the viewer closed) the job is
-        cancelled, since its result would have nothing to sit on.
+        cancelled, since its result would have nothing to sit on. ``on_yield(update)``: every progress update too.
         """
         if self.running:
             return
@@ -84,6 +85,8 @@ class JobRunner:
         self.set_status(f"{description}\u2026")
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         worker.yielded.connect(self._on_yielded)
+        if on_yield is not None:
+            worker.yielded.connect(lambda update: on_yield(update) if self._usable() else None)
         worker.returned.connect(lambda value: self._deliver(on_result, value, description))
         worker.errored.connect(lambda exc: self._on_error(exc, description))
         worker.aborted.connect(lambda: self._on_aborted(description))

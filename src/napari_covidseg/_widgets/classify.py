@@ -8,7 +8,7 @@ import numpy as np
 from qtpy.QtWidgets import QComboBox, QLabel, QProgressBar, QVBoxLayout, QWidget
 
 from napari_covidseg._widgets._common import ModelPicker
-from napari_covidseg._widgets._dock import JobDock
+from napari_covidseg._widgets._dock import ImageJobDock
 from napari_covidseg.constants import DIAGNOSIS_CLASSES, DIAGNOSIS_COLOURS
 from napari_covidseg.errors import CheckpointError, InputError
 from napari_covidseg.inference.classify import Classification, iter_classify
@@ -26,7 +26,7 @@ def _bar_style(rgba) -> str:
     return f"QProgressBar::chunk {{ background-color: rgb({r}, {g}, {b}); }} QProgressBar {{ text-align: center; }}"
 
 
-class ClassifyWidget(JobDock):
+class ClassifyWidget(ImageJobDock):
     """Pick a CT layer, a model and a device; Classify shows one probability (0-100 %) per diagnosis class and adds
     ``<image> CAM <class> (<model>)``: a float32 (z, y, x) heat map in [0, 1] on the CT's voxel grid."""
 

@@ -22,7 +22,7 @@ from napari_covidseg._widgets._common import (
     fit_table_height,
     new_table,
 )
-from napari_covidseg._widgets._dock import JobDock
+from napari_covidseg._widgets._dock import ImageJobDock
 from napari_covidseg.analysis.metrics import INFECTION, class_name, score_image
 from napari_covidseg.constants import LESION_CLASSES, LESION_COLOURS
 from napari_covidseg.errors import InputError
@@ -129,7 +129,7 @@ def _cell(key: str, value) -> str:
     return f"{value:.3f}" if key.startswith("dice") else f"{value:.2f}"
 
 
-class CompareWidget(JobDock):
+class CompareWidget(ImageJobDock):
     """Pick a CT, models A and B, optionally reference labels; Compare adds both results and where they disagree."""
 
     RUN_TEXT = "Compare"
@@ -137,7 +137,7 @@ class CompareWidget(JobDock):
     def __init__(self, napari_viewer: napari.Viewer, parent=None):
         super().__init__(napari_viewer, parent)
         self.model_a = ModelPicker("segmentation", default="unet")
-        self.model_b = ModelPicker("segmentation", default="resattunet")
+        self.model_b = ModelPicker("segmentation", default="resattunet", follow_new=True)
         self.reference = LayerPicker(napari_viewer, Labels, allow_none=True)
         self.reference.setToolTip("Optional ground truth with the CT's shape: adds Dice of each model against it")
         self.grid = QCheckBox("grid view")

@@ -7,21 +7,21 @@ from typing import TYPE_CHECKING
 from qtpy.QtWidgets import QLabel, QSpinBox
 
 from napari_covidseg._widgets._common import ModelPicker, add_lesion_labels, fill_volume_table, new_table
-from napari_covidseg._widgets._dock import JobDock
+from napari_covidseg._widgets._dock import ImageJobDock
 from napari_covidseg.inference.segment import Segmentation, iter_segment
 
 if TYPE_CHECKING:
     import napari
 
 
-class SegmentWidget(JobDock):
+class SegmentWidget(ImageJobDock):
     """Pick a CT layer, a model and a device; Segment adds ``<image> lesions (<model>)`` and lists volumes in ml."""
 
     RUN_TEXT = "Segment"
 
     def __init__(self, napari_viewer: napari.Viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self.model = ModelPicker("segmentation", default="unet")
+        self.model = ModelPicker("segmentation", default="unet", follow_new=True)
         self.batch = QSpinBox()
         self.batch.setRange(1, 64)
         self.batch.setValue(8)

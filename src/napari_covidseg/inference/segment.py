@@ -29,11 +29,13 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class Progress:
-    """``done`` of ``total`` units (slices for segmentation) finished; ``stage`` names the step."""
+    """``done`` of ``total`` units (slices for segmentation) finished; ``stage`` names the step; ``loss``: the
+    training loss of the step just done (training only)."""
 
     done: int
     total: int
     stage: str = ""
+    loss: float | None = None
 
 
 @dataclass

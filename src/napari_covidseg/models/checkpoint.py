@@ -6,6 +6,7 @@ touched. A checkpoint is the pair ``NAME.safetensors`` + ``NAME.json`` in one fo
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import re
@@ -92,6 +93,32 @@ def check_new_model_name(name: str, folder: str | Path, *, overwrite: bool = Fal
         or (folder / f"{name}.safetensors").exists()
     ):
         raise CheckpointError(f"a model named {name!r} already exists; choose another name (see `covidseg models`)")
+
+
+def trash_user_model(name: str) -> Path:
+    """Move the user model ``name`` (``NAME.json`` + ``NAME.safetensors``) to ``user_models_dir()/trash/NAME-STAMP/``.
+
+    Nothing is deleted: moving the two files back restores the model. Bundled models and unknown names raise
+    :class:`CheckpointError`. Returns the trash folder the files are now in.
+    """
+    if not MODEL_NAME.fullmatch(name):
+        raise CheckpointError(f"model name {name!r}: not a model name")
+    if (BUNDLED_DIR / f"{name}.json").exists() or (BUNDLED_DIR / f"{name}.safetensors").exists():
+        raise CheckpointError(f"{name!r} is a bundled model; it cannot be removed")
+    folder = user_models_dir()
+    files = [p for p in (folder / f"{name}.json", folder / f"{name}.safetensors") if p.is_file()]
+    if not files:
+        raise CheckpointError(f"no user model named {name!r} in {folder}")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    trash = folder / "trash" / f"{name}-{stamp}"
+    n = 1
+    while trash.exists():
+        n += 1
+        trash = folder / "trash" / f"{name}-{stamp}-{n}"
+    trash.mkdir(parents=True)
+    for path in files:
+        os.replace(path, trash / path.name)
+    return trash
 
 
 def read_checkpoint(path: str | Path, *, bundled: bool = False) -> Checkpoint:

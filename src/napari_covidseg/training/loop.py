@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from napari_covidseg.inference.segment import Cancelled
 from napari_covidseg.training.augment import NONE, Augment, augment_batch
 
 SCHEDULES = ("cosine", "plateau")
+T = TypeVar("T")
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -86,7 +88,7 @@ def record_step(
         raise Cancelled(f"training cancelled at step {step}")
 
 
-def train_segmentation(
+def iter_train_segmentation(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -98,17 +100,16 @@ def train_segmentation(
     device: str = "auto",
     augment: bool | Augment = True,
     schedule: str = "cosine",
-    progress: Callable[[int, int, float], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> TrainResult:
+) -> Generator[tuple[int, int, float], None, TrainResult]:
     """Train ``model`` in place on ``images`` (N, 1, H, W) in [0, 1] and ``labels`` (N, H, W) int64.
+
+    A generator (for napari's ``thread_worker``): yields ``(step, steps, loss)`` after every optimiser step and
+    returns the :class:`TrainResult`. Closing it stops training after the current step (the model is then
+    half-trained: discard it). Arguments are checked on the first ``next()``.
 
     Adam with weight decay; ``schedule`` "cosine" (to zero over ``steps``) or "plateau" (halve the rate when the
     mean loss of the last ``max(steps // 20, 5)`` steps stops falling); mixed precision on CUDA; fixed seeds.
     ``augment``: ``True`` for the default :class:`Augment`, ``False`` for none, or an :class:`Augment`.
-    ``progress(step, steps, loss)`` is called after every step (the loss history is ``TrainResult.losses``);
-    ``should_stop()`` is checked after every step and raises :class:`Cancelled` (the caller then discards the
-    model: nothing half-trained is saved here).
     """
     if len(images) == 0 or len(images) != len(labels):
         raise ValueError("need the same, non-zero number of images and labels")
@@ -137,7 +138,9 @@ def train_segmentation(
         with autocast(dev):
             loss = dice_ce_loss(model(x), y)
         optimiser_step(loss, opt, scaler)
-        record_step(result, step, steps, loss.item(), progress, should_stop)
+        value = loss.item()
+        record_step(result, step, steps, value, None, None)
+        yield step, steps, value
         if schedule == "cosine":
             sched.step()
         elif step % window == 0:
@@ -145,3 +148,61 @@ def train_segmentation(
     result.seconds = time.perf_counter() - start
     model.eval()
     return result
+
+
+def drive_steps(
+    gen: Generator[tuple[int, int, float], None, T],
+    progress: Callable[[int, int, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> T:
+    """Run a ``(step, steps, loss)`` generator to the end and return its value.
+
+    ``progress(step, steps, loss)`` is called after every step; when ``should_stop()`` says so the generator is
+    closed and :class:`Cancelled` raised.
+    """
+    try:
+        while True:
+            step, steps, loss = next(gen)
+            if progress is not None:
+                progress(step, steps, loss)
+            if should_stop is not None and should_stop():
+                gen.close()
+                raise Cancelled(f"training cancelled at step {step}")
+    except StopIteration as done:
+        return done.value
+
+
+def train_segmentation(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str = "auto",
+    augment: bool | Augment = True,
+    schedule: str = "cosine",
+    progress: Callable[[int, int, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Run :func:`iter_train_segmentation` to the end (same arguments, same training).
+
+    ``progress(step, steps, loss)`` is called after every step (the loss history is ``TrainResult.losses``);
+    ``should_stop()`` is checked after every step and raises :class:`Cancelled` (the caller then discards the
+    model: nothing half-trained is saved here).
+    """
+    gen = iter_train_segmentation(
+        model,
+        images,
+        labels,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        augment=augment,
+        schedule=schedule,
+    )
+    return drive_steps(gen, progress, should_stop)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +21,7 @@ from napari_covidseg.models.card import ModelCard
 from napari_covidseg.models.checkpoint import LoadedModel
 from napari_covidseg.training.augment import Augment
 from napari_covidseg.training.datasets import SliceDataset
-from napari_covidseg.training.loop import TrainResult, train_segmentation
+from napari_covidseg.training.loop import TrainResult, drive_steps, iter_train_segmentation
 
 
 @dataclass(frozen=True)
@@ -81,18 +81,18 @@ def new_card(
     )
 
 
-def train_model(
+def iter_train_model(
     data: SliceDataset,
     card: ModelCard,
     settings: TrainSettings = TrainSettings(),
     *,
     device: str = "auto",
     model: torch.nn.Module | None = None,
-    progress: Callable[[int, int, float], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> tuple[LoadedModel, TrainResult]:
+) -> Generator[tuple[int, int, float], None, tuple[LoadedModel, TrainResult]]:
     """Train ``model`` (default: a fresh network from ``card``) on ``data``; fill ``card.training``.
 
+    A generator (for napari's ``thread_worker``): yields ``(step, steps, loss)`` after every step and returns
+    ``(LoadedModel, TrainResult)``; the checks below run on the first ``next()``, before any training.
     ``data`` must have been prepared for this card (same input size and intensity window).
     """
     if list(data.images.shape[-2:]) != list(card.input_size):
@@ -107,7 +107,7 @@ def train_model(
     if model is None:
         model = build_model(card.architecture, num_classes=card.num_classes, **card.config)
     augment = Augment(scale=settings.scale, crop=settings.crop)
-    result = train_segmentation(
+    result = yield from iter_train_segmentation(
         model,
         data.images,
         data.labels,
@@ -118,8 +118,6 @@ def train_model(
         device=device,
         augment=augment,
         schedule=settings.schedule,
-        progress=progress,
-        should_stop=should_stop,
     )
     card.training = {
         **card.training,
@@ -136,6 +134,21 @@ def train_model(
         "date": dt.date.today().isoformat(),
     }
     return LoadedModel(model.cpu().eval(), card, source=f"trained in memory: {card.name}"), result
+
+
+def train_model(
+    data: SliceDataset,
+    card: ModelCard,
+    settings: TrainSettings = TrainSettings(),
+    *,
+    device: str = "auto",
+    model: torch.nn.Module | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[LoadedModel, TrainResult]:
+    """Run :func:`iter_train_model` to the end: ``progress(step, steps, loss)`` after every step, and
+    :class:`~napari_covidseg.inference.Cancelled` when ``should_stop()`` says so (nothing is saved here)."""
+    return drive_steps(iter_train_model(data, card, settings, device=device, model=model), progress, should_stop)
 
 
 def cross_validate_fold(
