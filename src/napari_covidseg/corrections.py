@@ -36,6 +36,7 @@ from nibabel import orientations as nio
 from napari_covidseg.errors import InputError
 from napari_covidseg.io.volume import CTVolume
 from napari_covidseg.io.writers import save_array, save_labels, temp_path_beside
+from napari_covidseg.paths import data_home
 
 INDEX_NAME = "corrections.json"
 AUTOSAVE_DIR = "autosave"
@@ -43,12 +44,7 @@ AUTOSAVE_DIR = "autosave"
 
 def default_corrections_dir() -> Path:
     """``$COVIDSEG_HOME/corrections``, else ``<$XDG_DATA_HOME or ~/.local/share>/napari-covidseg/corrections``."""
-    # the rule of models.checkpoint.user_models_dir, repeated here so that this module does not import torch
-    home = os.environ.get("COVIDSEG_HOME")
-    if home:
-        return Path(home) / "corrections"
-    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(xdg) / "napari-covidseg" / "corrections"
+    return data_home() / "corrections"
 
 
 def scan_key(volume: CTVolume) -> str:

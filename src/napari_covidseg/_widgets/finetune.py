@@ -137,7 +137,7 @@ class FinetuneWidget(JobDock):
         for key in result.after:
             before = result.before.get(key)
             text = f"{before:.3f} \u2192 {result.after[key]:.3f}" if before is not None else f"{result.after[key]:.3f}"
-            lines.append(f"Dice {key}: {text}")
+            lines.append(f"{key.replace('dice ', 'Dice ')}: {text}")
         lines.append(f"<i>measured on {result.evaluated_on}</i>")
         self.result.setText("<br>".join(lines))
         self.name.clear()

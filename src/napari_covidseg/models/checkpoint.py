@@ -21,17 +21,14 @@ from napari_covidseg.errors import CheckpointError
 from napari_covidseg.io.writers import default_file_mode, temp_path_beside
 from napari_covidseg.models.card import ModelCard
 from napari_covidseg.models.registry import get_architecture
+from napari_covidseg.paths import data_home
 
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights"
 
 
 def user_models_dir() -> Path:
-    """Folder for fine-tuned / user models: ``$COVIDSEG_HOME/models`` or the platform user-data directory."""
-    home = os.environ.get("COVIDSEG_HOME")
-    if home:
-        return Path(home) / "models"
-    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(xdg) / "napari-covidseg" / "models"
+    """Folder for fine-tuned / user models: ``models/`` in :func:`napari_covidseg.paths.data_home`."""
+    return data_home() / "models"
 
 
 @dataclass(frozen=True)
