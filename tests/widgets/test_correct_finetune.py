@@ -148,3 +148,26 @@ def test_finetune_without_saved_corrections_says_what_to_do(viewer_with_ct, home
     assert "no corrections saved in this session" in tune.status.text()
     assert not tune.runner.running
     assert not tune.trash_button.isEnabled()  # bundled models cannot be trashed
+
+
+def test_revert_to_parent_trashes_the_fine_tune_and_selects_the_parent(viewer_with_ct, qtbot, home):
+    viewer = viewer_with_ct
+    seg_dock = segment(viewer, qtbot)
+    correct = CorrectWidget(viewer)
+    viewer.window.add_dock_widget(correct)
+    correct.labels.setCurrentText("ct lesions (unet)")
+    correct.mark_button.click()
+    correct.save_button.click()
+    tune = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(tune)
+    tune.steps.setValue(1)
+    tune.run_button.click()
+    wait_for(qtbot, tune.runner)
+    new = tune.last_result.checkpoint.name
+    assert seg_dock.model.selected_name() == new
+    assert tune.base.select(new) and tune.revert_button.isEnabled()
+    tune.revert_button.click()
+    assert new not in [c.name for c in list_checkpoints()]
+    assert seg_dock.model.selected_name() == "unet" and tune.base.selected_name() == "unet"
+    trashed = list((user_models_dir() / "trash").iterdir())
+    assert len(trashed) == 1 and (trashed[0] / f"{new}.safetensors").exists()  # recoverable, not deleted
