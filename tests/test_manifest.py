@@ -29,6 +29,7 @@ def test_manifest_validates_and_is_found_by_entry_point():
         "Compare U-Net vs ResAttUNet",
         "Correct segmentation",
         "Fine-tune on corrections",
+        "Quantify lung involvement",
     }
     (reader,) = contributions.readers
     assert reader.accepts_directories and "*.nii.gz" in reader.filename_patterns

@@ -1,4 +1,5 @@
-"""`covidseg` command line: segment, classify, evaluate, train, finetune, train-classifier, models, sample.
+"""`covidseg` command line: segment, classify, quantify, evaluate, train, finetune, train-classifier, models, sample,
+demo.
 
 Bad input (unreadable file, unknown model, wrong arguments) prints one line ``covidseg: error: ...`` and exits 2.
 Progress bars go to stderr; results (JSON or tables) to stdout.
@@ -96,6 +97,73 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.cam:
         summary["cam"] = str(save_array(result.cam.astype("float32"), like=volume, path=args.cam))
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_quantify(args: argparse.Namespace) -> int:
+    from napari_covidseg.analysis.quantify import iter_quantify, write_csv
+    from napari_covidseg.inference.segment import run_generator
+
+    if args.mask and (args.model or args.checkpoint):
+        raise InputError("--mask gives the lesions; it cannot be combined with --model or --checkpoint")
+    if args.lungs_out and not args.lungs_out.endswith((".nii.gz", ".nii")):
+        raise InputError(f"--lungs-out must end in .nii.gz or .nii, got {args.lungs_out!r}")
+    for option, value in (("--csv", args.csv), ("--report", args.report), ("--lungs-out", args.lungs_out)):
+        if value and Path(value).is_dir():
+            raise InputError(f"{option} {value}: is a folder, not a file")
+    volume = _load(args.input)
+    if volume.intensity != "HU":
+        raise InputError(
+            f"{args.input}: quantification needs a CT in Hounsfield units (NIfTI or DICOM); this file holds "
+            "display grey values (PNG/JPG), so lung volumes and HU bands cannot be measured"
+        )
+    card_summary = card_notes = ""
+    class_names = None
+    if args.mask:
+        from napari_covidseg.io.labels import load_labels
+
+        lesions = load_labels(args.mask)
+        if lesions.shape != volume.shape:
+            raise InputError(f"{args.mask}: mask shape {lesions.shape} does not match the CT {volume.shape}")
+        made_by = f"mask: {Path(args.mask).name}"
+    else:
+        from napari_covidseg.inference import segment_volume
+
+        model = _model(args, DEFAULT_SEGMENTATION_MODEL, "segmentation")
+        bar, update = _progress_bar("segment")
+        with bar:
+            seg = segment_volume(volume, model, device=args.device, progress=update)
+        lesions, made_by = seg.labels, seg.card.name
+        card_summary, card_notes = seg.card.summary(), seg.card.notes
+        class_names = {int(c["id"]): str(c["name"]) for c in seg.card.classes}
+    bar, update = _progress_bar("quantify")
+    with bar:
+        q, lungs = run_generator(iter_quantify(volume, lesions, class_names=class_names, model=made_by), update)
+    lesion_ml = sum(per_side["total"] for per_side in q.lesion_ml.values())
+    print(
+        f"covidseg: {q.name}: lungs {q.lung_ml['right']:.1f} ml right, {q.lung_ml['left']:.1f} ml left; lesions "
+        f"{lesion_ml:.1f} ml = {q.involvement_pct['total']:.1f} % of the lungs (right {q.involvement_pct['right']:.1f}"
+        f" %, left {q.involvement_pct['left']:.1f} %); severity score {q.severity} of 25; lesions from {made_by}",
+        file=sys.stderr,
+    )
+    for note in q.notes:
+        print(f"covidseg: note: {note}", file=sys.stderr)
+    written = []
+    if args.csv:
+        written.append(write_csv(q, args.csv))
+    if args.report:
+        from napari_covidseg.analysis.report import render_report
+
+        written.append(
+            render_report(q, volume, lesions, lungs, args.report, card_summary=card_summary, card_notes=card_notes)
+        )
+    if args.lungs_out:
+        from napari_covidseg.io import save_labels
+
+        written.append(save_labels(lungs, like=volume, path=args.lungs_out))
+    for path in written:
+        print(f"covidseg: wrote {path}", file=sys.stderr)
+    print(json.dumps(q.to_dict(), indent=2))
     return 0
 
 
@@ -316,6 +384,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam", help="write the class-activation map as NIfTI (.nii.gz) on the CT grid")
     model_args(p, DEFAULT_CLASSIFICATION_MODEL)
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser(
+        "quantify", help="lung and lesion volumes, %% involvement, 0-25 severity score; optional CSV and HTML report"
+    )
+    p.add_argument("input", help="CT in Hounsfield units: NIfTI file, DICOM folder or file, or .npy")
+    p.add_argument("--mask", help="lesion label map on the CT grid (NIfTI, .npy, PNG) instead of segmenting")
+    p.add_argument("--csv", help="write every measure as CSV (measure, region, class, value, unit)")
+    p.add_argument("--report", help="write a one-page HTML report (self-contained: tables, chart, key slices)")
+    p.add_argument("--lungs-out", help="write the lung mask measured against (.nii.gz; 1 right, 2 left)")
+    model_args(p, DEFAULT_SEGMENTATION_MODEL)
+    p.set_defaults(func=cmd_quantify)
 
     p = sub.add_parser("evaluate", help="segment every image in a folder and score it against same-stem masks")
     p.add_argument("--images", required=True, help="folder of slice images or volumes")

@@ -22,20 +22,19 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
-import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from nibabel import orientations as nio
 
 from napari_covidseg.errors import InputError
 from napari_covidseg.io.volume import CTVolume
-from napari_covidseg.io.writers import save_array, save_labels, temp_path_beside
+from napari_covidseg.io.writers import save_array, save_labels, write_atomic
 from napari_covidseg.paths import data_home
 
 INDEX_NAME = "corrections.json"
@@ -182,7 +181,7 @@ def write_autosave(
     except (TypeError, ValueError) as exc:
         raise InputError(f"autosave meta is not JSON-serialisable: {exc}") from exc
     path = autosave_path(folder, volume)
-    _atomic_write(path, lambda fh: np.savez_compressed(fh, labels=labels, meta=np.array(text)))
+    write_atomic(path, lambda fh: np.savez_compressed(fh, labels=labels, meta=np.array(text)))
     return path
 
 
@@ -242,18 +241,4 @@ def _read_index(folder: Path) -> dict[str, dict]:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    _atomic_write(path, lambda fh: fh.write(json.dumps(data, sort_keys=True, indent=1).encode("utf-8")))
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """``write`` into a temporary file beside ``path``, flush it to disk, then ``os.replace`` it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_beside(path)
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda fh: fh.write(json.dumps(data, sort_keys=True, indent=1).encode("utf-8")))

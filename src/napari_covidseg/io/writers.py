@@ -56,6 +56,28 @@ def temp_path_beside(path: Path, suffix: str = ".tmp") -> Path:
     return Path(tmp)
 
 
+def write_atomic(path: str | Path, write) -> Path:
+    """``write(binary file)`` into a temporary file beside ``path``, flush it to disk, then ``os.replace`` it onto
+    ``path``: a crash or error leaves any previous file intact and no temporary file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_beside(path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """UTF-8 text written with :func:`write_atomic`."""
+    return write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
 def _atomic_save(img: nib.Nifti1Image, path: Path) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
