@@ -98,10 +98,10 @@ class QuantifyWidget(ImageJobDock):
         )
         lung_layer.contour = 1  # outlines: the lesions underneath stay visible
         self._fill(q)
-        self.severity.setText(
-            f"<b>CT severity score {q.severity} / 25</b><br><small>{SEVERITY_SCHEME}</small>"
-            + (f"<br><small>{'; '.join(q.notes)}</small>" if q.notes else "")
-        )
+        zones = ", ".join(f"{zone} {score}" for zone, score in q.zone_score.items())
+        notes = f"<br><i>{len(q.notes)} note(s): hover here</i>" if q.notes else ""
+        self.severity.setText(f"<b>CT severity score {q.severity} / 25</b><br><small>{zones}</small>{notes}")
+        self.severity.setToolTip("<br><br>".join([SEVERITY_SCHEME, *q.notes]))  # long text: on hover, not in the way
         self._sync_exports()
         self.runner.set_status(f"{q.name}: {q.involvement_pct['total']:.1f} % of the lungs involved")
 
