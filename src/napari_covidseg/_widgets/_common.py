@@ -108,7 +108,12 @@ class ModelPicker(QWidget):
 
     def refresh(self, *_) -> None:
         """Rescan bundled and user models, keeping the current choice when it still exists."""
-        current = self.selected_name()
+        try:
+            current = self.selected_name()
+        except RuntimeError:  # this picker's Qt side is gone (its viewer closed): stop listening
+            _disconnect(models.changed, self.refresh)
+            _disconnect(models.created, self._select_new)
+            return
         self._checkpoints = list_checkpoints(self.task)
         self.combo.clear()
         for i, ckpt in enumerate(self._checkpoints):
@@ -124,7 +129,10 @@ class ModelPicker(QWidget):
 
     def _select_new(self, name: str) -> None:
         self.refresh()
-        self.select(name)
+        try:
+            self.select(name)
+        except RuntimeError:  # Qt side gone; refresh() has disconnected it
+            pass
 
     def select(self, name: str) -> bool:
         for i, ckpt in enumerate(self._checkpoints):
