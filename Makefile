@@ -34,9 +34,10 @@ system-deps:
 		echo "napari's tests need these Debian packages; as root run: apt-get install$$missing"; exit 1; \
 	fi
 
-# napari with the phantom CT and all docks: segment, classify, compare, correct, fine-tune (IMAGE=path: your scan).
+# napari with the phantom CT and all docks: segment, classify, compare, correct, fine-tune, quantify (IMAGE=path:
+# your scan instead).
 demo: install
-	$(VENV)/bin/covidseg demo $(IMAGE) --compare --correct
+	$(VENV)/bin/covidseg demo $(IMAGE) --compare --correct --quantify
 
 # The README screenshots, made by the demo itself under Xvfb.
 screenshots: install system-deps

@@ -8,6 +8,7 @@ screenshots are made.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,17 @@ DOCKS = {
     "compare": "Compare U-Net vs ResAttUNet",
     "correct": "Correct segmentation",
     "finetune": "Fine-tune on corrections",
+    "quantify": "Quantify lung involvement",
 }
 WINDOW_SIZE = (1600, 1100)
 POLL_MS = 200
+SETTLE_S = 1.5  # seconds the window gets to lay itself out before a screenshot
 log = logging.getLogger(__name__)
 
 
-def open_demo(viewer, image: str | None = None, compare: bool = False, correct: bool = False) -> dict:
+def open_demo(
+    viewer, image: str | None = None, compare: bool = False, correct: bool = False, quantify: bool = False
+) -> dict:
     """Open ``image`` (or the phantom sample) and dock the plugin's widgets; returns {key: widget}."""
     if image is None:
         layers = viewer.open_sample(PLUGIN, "phantom")
@@ -38,6 +43,7 @@ def open_demo(viewer, image: str | None = None, compare: bool = False, correct: 
             raise InputError(f"{image}: no such file or folder")
         layers = viewer.open(image, plugin=PLUGIN)
     keys = ["segment", "classify"] + (["compare"] if compare else []) + (["correct", "finetune"] if correct else [])
+    keys += ["quantify"] if quantify else []
     widgets = {}
     for key in keys:
         _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, DOCKS[key], tabify=key not in ("segment", "classify"))
@@ -85,6 +91,7 @@ def run_demo(
     run: bool = False,
     compare: bool = False,
     correct: bool = False,
+    quantify: bool = False,
     screenshot: str | None = None,
     device: str = "auto",
 ) -> int:
@@ -94,7 +101,7 @@ def run_demo(
 
     viewer = napari.Viewer(title="napari-covidseg demo")
     viewer.window.resize(*WINDOW_SIZE)
-    widgets = open_demo(viewer, image, compare, correct)
+    widgets = open_demo(viewer, image, compare, correct, quantify)
     state = {"code": 0}
 
     def finish() -> None:
@@ -103,8 +110,9 @@ def run_demo(
         if failed:
             log.error("demo: %s did not finish: %s", ", ".join(failed), widgets[failed[0]].status.text())
             state["code"] = 1
-        if compare and "compare" in widgets:
+        if run and "compare" in widgets:  # the comparison ran: show its results side by side
             widgets["compare"].grid.setChecked(True)
+        viewer.reset_view()  # the window was resized after the layers came in: fit the scan to the canvas
         show_lesion_slice(viewer)
         if screenshot:
             dismiss_notifications()
@@ -118,7 +126,11 @@ def run_demo(
     if run or screenshot:
         timer = QTimer()
 
+        started = time.monotonic()
+
         def poll() -> None:
+            if time.monotonic() - started < SETTLE_S:  # let the window reach its size and draw once
+                return
             if run and any(w.runner.running for w in widgets.values() if hasattr(w, "runner")):
                 return
             timer.stop()

@@ -357,6 +357,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         run=args.run,
         compare=args.compare,
         correct=args.correct,
+        quantify=args.quantify,
         screenshot=args.screenshot,
         device=args.device,
     )
@@ -457,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also dock the model comparison; --run then runs it instead of segment + classify",
     )
     p.add_argument("--correct", action="store_true", help="also dock Correct segmentation and Fine-tune on corrections")
+    p.add_argument("--quantify", action="store_true", help="also dock Quantify lung involvement")
     p.add_argument("--screenshot", help="save a PNG of the whole window (after --run finishes) and exit")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_demo)
