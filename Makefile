@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 DEBIAN_PKGS := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-xinput0 libdbus-1-3 \
 	libfontconfig1 libxkbcommon-x11-0 libxcb-render-util0 libxcb-image0 libxcb-shape0 libgl1 libegl1
 
-.PHONY: install install-test system-deps demo screenshots test lint clean results weights intensity
+.PHONY: install install-test system-deps demo screenshots test lint clean results weights intensity bench
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ results: install     # 5-fold cross-validation of the five networks -> docs/cv/*
 weights: install     # bundled unet + resattunet (all 50 MedSeg slices) and the demo 3D classifier
 	$(PY) scripts/train_bundled.py
 	$(PY) scripts/train_classifier_demo.py --overwrite
+
+# CPU benchmarks (not part of the test run): a 300x512x512 phantom segmented end to end, napari event-loop stalls
+# while segmenting and fine-tuning, fine-tune time -> benchmarks/results/*.json, docs/BENCHMARKS.md; prints the table
+# with the targets met or missed. See benchmarks/README.md for options (settings sweep: run_all.py --sweep).
+bench: install system-deps
+	xvfb-run -a -s "-screen 0 1920x1200x24" $(PY) benchmarks/run_all.py
 
 lint: install
 	$(PY) -m ruff check src tests scripts

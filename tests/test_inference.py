@@ -157,3 +157,43 @@ def test_task_mismatch_and_devices(tiny_unet):
             resolve_device("cuda")
     with pytest.raises(InputError, match="unknown device"):
         resolve_device("tpu")
+
+
+def test_class_argmax_matches_torch_argmax_including_ties():
+    """The fast uint8 argmax of segment.py gives exactly torch's result (first class wins ties)."""
+    from napari_covidseg.inference.segment import class_argmax
+
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(3, 4, 37, 53), dim=1)[..., 2:35, 1:50]  # a strided crop, as unfit returns
+    p[0, :, :4, :4] = 0.25  # exact ties
+    p[1, 1:3, 5, 5] = 0.5
+    np.testing.assert_array_equal(class_argmax(p), p.argmax(dim=1).numpy().astype(np.uint8))
+
+
+def test_segmenting_more_than_memory_allows_is_refused_up_front(tiny_unet, monkeypatch):
+    from napari_covidseg.io.nifti import display_volume
+
+    monkeypatch.setenv("COVIDSEG_MEMORY_LIMIT_MB", "50")
+    vol = display_volume(np.full((200, 256, 256), -1000.0, np.float32), (1.0, 1.0, 1.0), "big", "HU")
+    with pytest.raises(InputError, match="needs about .* of memory"):
+        segment_volume(vol, tiny_unet, device="cpu")
+
+
+def test_fast_path_matches_the_plain_path_on_the_bundled_unet():
+    """Speed work keeps accuracy: channels-last weights and input and the uint8 argmax give the labels of a plain
+    NCHW forward + torch argmax, on the bundled model and a phantom."""
+    from napari_covidseg.inference.preprocess import body_box, fit, normalise, unfit
+    from napari_covidseg.models.checkpoint import resolve_model
+
+    vol, _ = phantom_volume(seed=3, shape=(12, 128, 128))
+    fast = segment_volume(vol, "unet", device="cpu", batch_size=4).labels
+    plain_model = resolve_model("unet")
+    net, card = plain_model.module.eval(), plain_model.card
+    ys, xs = body_box(vol.array, vol.intensity)
+    batch, geom = fit(torch.from_numpy(normalise(vol.array[:, ys, xs], vol.intensity, card))[:, None], card.input_size)
+    with torch.inference_mode():
+        probs = unfit(torch.softmax(net(batch).float(), dim=1), geom)
+    plain = np.zeros(vol.shape, dtype=np.uint8)
+    plain[:, ys, xs] = probs.argmax(dim=1).numpy()
+    assert (fast == plain).mean() > 0.9999  # float rounding may flip a tie-close pixel, nothing more
+    assert fast.any()

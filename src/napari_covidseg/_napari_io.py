@@ -29,12 +29,14 @@ def get_reader(path: str | list[str]):
             return None
         path = path[0]
     p = Path(path)
-    if p.is_dir():
-        return read_ct if _folder_has_slices(p) else None
-    lower = p.name.lower()
-    if lower.endswith(".npy"):
-        return None  # napari's own reader handles arrays; ours would guess an intensity convention
-    return read_ct if p.is_file() and is_supported(p) else None
+    try:
+        if p.is_dir():
+            return read_ct if _folder_has_slices(p) else None
+        if p.name.lower().endswith(".npy"):
+            return None  # napari's own reader handles arrays; ours would guess an intensity convention
+        return read_ct if p.is_file() and is_supported(p) else None
+    except OSError:  # a name too long for the filesystem, a permission problem: not ours to read
+        return None
 
 
 def read_ct(path: str | list[str]) -> list[tuple[np.ndarray, dict, str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,8 +21,28 @@ DEFAULT_CLASSIFICATION_MODEL = "daresnet18_3d"
 
 
 class _Parser(argparse.ArgumentParser):
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)  # subcommand parsers get their own share
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> None:  # one readable line instead of usage + message
+        argv = getattr(self, "_argv", [])
+        # a file named like -scan.nii.gz is taken for an unknown option; say how to pass it
+        dashed = [a for a in argv if _looks_like_dashed_file(a) and a.split("=")[0] not in self._option_string_actions]
+        if dashed and "--" not in argv:
+            message += f"; if {dashed[0]!r} is a file name, put it after '--'"
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _looks_like_dashed_file(arg: str) -> bool:
+    """``-scan.nii.gz`` or ``-data/ct``: one dash, then something with a dot or a slash that is not a number."""
+    if not arg.startswith("-") or arg.startswith("--") or not ("." in arg or "/" in arg):
+        return False
+    try:
+        float(arg)
+    except ValueError:
+        return True
+    return False
 
 
 def _progress_bar(desc: str):
@@ -57,10 +78,27 @@ def _load(path: str):
     return volume
 
 
+def _check_output(output: str) -> None:
+    """A NIfTI output name that can be written, checked before any work is done."""
+    path = Path(output)
+    if not path.name.endswith((".nii.gz", ".nii")):
+        raise InputError(f"{output}: output must end in .nii.gz or .nii")
+    if path.is_dir():
+        raise InputError(f"{output}: is a folder; give a file name ending in .nii.gz")
+    if len(os.fsencode(path.name)) > 255:
+        raise InputError(f"{output}: file name too long (at most 255 bytes)")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"{output}: cannot write there, {ancestor} is a file, not a folder")
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from napari_covidseg.inference import segment_volume
     from napari_covidseg.io import save_labels
 
+    _check_output(args.output)
     volume = _load(args.input)
     model = _model(args, DEFAULT_SEGMENTATION_MODEL, "segmentation")
     bar, update = _progress_bar("segment")
@@ -483,6 +521,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except InputError as exc:  # includes CheckpointError
         print(f"covidseg: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a path that cannot be read or written: permissions, a full disk, a name too long
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"covidseg: error: {where}{(exc.strerror or str(exc)).lower()}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("covidseg: interrupted", file=sys.stderr)

@@ -19,6 +19,7 @@ from napari_covidseg.errors import InputError
 from napari_covidseg.inference.device import autocast, resolve_device
 from napari_covidseg.inference.preprocess import body_box, fit, normalise, unfit
 from napari_covidseg.io.volume import CTVolume
+from napari_covidseg.memory import check_fits, estimate_segmentation_bytes
 from napari_covidseg.models.card import ModelCard
 from napari_covidseg.models.checkpoint import Checkpoint, LoadedModel, resolve_model
 
@@ -83,7 +84,14 @@ def iter_segment(
         raise InputError("batch_size must be at least 1")
     loaded = resolve_model(model, task="segmentation")
     card, dev = loaded.card, resolve_device(device)
-    net = loaded.module.to(dev).eval()
+    # refuse up front what would not fit in memory, instead of being killed half-way
+    need = estimate_segmentation_bytes(
+        volume.shape, batch_size, card.num_classes, card.input_size, return_probabilities
+    )
+    check_fits(need, f"segmenting {volume.name} ({' x '.join(map(str, volume.shape))} voxels)")
+    # channels-last lets oneDNN pick its fastest convolution kernels: 0.66x the forward time on these CPUs, same
+    # numbers (max softmax difference 1.5e-6, identical argmax; docs/BENCHMARKS.md)
+    net = loaded.module.to(dev, memory_format=torch.channels_last).eval()
     start = time.perf_counter()
     z, h, w = volume.shape
     ys, xs = body_box(volume.array, volume.intensity)
@@ -98,9 +106,9 @@ def iter_segment(
         crop = normalise(volume.array[z0:z1, ys, xs], volume.intensity, card)
         batch, geom = fit(torch.from_numpy(crop)[:, None], size)
         with torch.inference_mode(), autocast(dev):
-            logits = net(batch.to(dev))
+            logits = net(batch.to(dev).contiguous(memory_format=torch.channels_last))
         p = unfit(torch.softmax(logits.float(), dim=1), geom).cpu()
-        labels[z0:z1, ys, xs] = p.argmax(dim=1).numpy().astype(np.uint8)
+        labels[z0:z1, ys, xs] = class_argmax(p)
         if probs is not None:
             probs[z0:z1, :, ys, xs] = p.numpy().astype(np.float16)
         yield Progress(z1, z, "segmenting")
@@ -112,6 +120,21 @@ def iter_segment(
         time.perf_counter() - start,
         {"body_box": [ys.start, ys.stop, xs.start, xs.stop], "model_source": loaded.source},
     )
+
+
+def class_argmax(probabilities: torch.Tensor) -> np.ndarray:
+    """uint8 (B, y, x) index of the largest of K class maps (B, K, y, x); the first one wins ties, as in argmax.
+
+    Same result as ``probabilities.argmax(dim=1)``, but that reduction over a strided channel axis takes about
+    0.5 s per batch of 8 cropped 512x512 slices on CPU (torch 2.13), while K-1 elementwise comparisons take 20 ms.
+    """
+    best = probabilities[:, 0].clone()
+    index = torch.zeros(best.shape, dtype=torch.uint8)
+    for k in range(1, probabilities.shape[1]):
+        better = probabilities[:, k] > best
+        index[better] = k
+        best = torch.where(better, probabilities[:, k], best)
+    return index.numpy()
 
 
 def segment_volume(

@@ -7,10 +7,12 @@ folder of them) and .npy arrays, and returns a :class:`CTVolume` in display orie
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 from napari_covidseg.errors import InputError
+from napari_covidseg.io.checks import check_slice_size
 from napari_covidseg.io.dicom import read_dicom
 from napari_covidseg.io.nifti import IMAGE_SUFFIXES, read_image, read_image_folder, read_nifti, read_npy
 from napari_covidseg.io.volume import CTVolume, source_stem
@@ -22,9 +24,35 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def load_ct(path: str | Path) -> CTVolume:
-    """Load a CT scan (NIfTI, DICOM folder/file, PNG/JPG, .npy) in display orientation with its geometry."""
+    """Load a CT scan (NIfTI, DICOM folder/file, PNG/JPG, .npy) in display orientation with its geometry.
+
+    Anything unusable (missing, unreadable, truncated, corrupt, not a greyscale CT, too large for the memory, slices
+    under 8x8 pixels) raises :class:`InputError` with a message that names the file and the problem.
+    """
     path = Path(path)
+    try:
+        volume = _load(path)
+    except InputError:
+        raise
+    except OSError as exc:  # permissions, names too long, I/O errors while reading
+        reason = (exc.strerror or str(exc) or "cannot be read").lower()
+        raise InputError(f"{path}: {reason}") from exc
+    except MemoryError as exc:
+        raise InputError(f"{path}: not enough memory to read this scan") from exc
+    check_slice_size(volume.shape, str(path))
+    return volume
+
+
+def _load(path: Path) -> CTVolume:
     if not path.exists():
+        if path.is_symlink():
+            target = os.readlink(path)
+            try:
+                os.stat(path)
+                why = "its target is missing"
+            except OSError as exc:
+                why = "the links form a loop" if exc.errno == errno.ELOOP else "its target is missing"
+            raise InputError(f"{path}: symbolic link to {target} cannot be followed ({why})")
         raise InputError(f"{path}: no such file or folder")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: permission denied")
@@ -36,7 +64,15 @@ def load_ct(path: str | Path) -> CTVolume:
             return read_dicom(path)
         if images:
             return read_image_folder(path, images)
-        raise InputError(f"{path}: folder holds no DICOM series and no PNG/JPG slices")
+        if name.endswith(NIFTI_SUFFIXES + IMAGE_SUFFIXES + (".npy", ".dcm")):
+            raise InputError(f"{path}: is a folder, not a file (and holds no DICOM series or PNG/JPG slices)")
+        if not any(path.iterdir()):
+            raise InputError(f"{path}: the folder is empty")
+        found = sorted(p.name for p in path.iterdir())
+        listed = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise InputError(f"{path}: folder holds no DICOM series and no PNG/JPG slices (found: {listed})")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file or folder")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
     if name.endswith(NIFTI_SUFFIXES):

@@ -50,7 +50,8 @@ def default_file_mode() -> int:
 
 def temp_path_beside(path: Path, suffix: str = ".tmp") -> Path:
     """A new empty file next to ``path`` (same filesystem, so ``os.replace`` is atomic), with normal permissions."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    # the name is cut short: a long output name plus prefix, random part and suffix must stay under 255 bytes
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     os.chmod(tmp, default_file_mode())
     return Path(tmp)
