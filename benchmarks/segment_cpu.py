@@ -21,8 +21,8 @@ Reported per configuration:
   * peak RSS during the run minus the volume's own bytes, and minus both the volume and the process's RSS after its
     imports (what segmenting adds: model, batches, the uint8 label volume, allocator slack).
 
-    python benchmarks/segment_cpu.py [--batch 8] [--threads N] [--slices 300] [--json PATH]
-    python benchmarks/segment_cpu.py --sweep     # batch 4/8/16, threads 1/2, channels_last, bfloat16: ratios
+    python benchmarks/segment_cpu.py [--batch 4] [--threads N] [--slices 300] [--json PATH]
+    python benchmarks/segment_cpu.py --sweep     # batch 2/4/8/16, threads 1/2, bfloat16: ratios
 
 Results: printed, and written to benchmarks/results/segment_cpu.json (--sweep: segment_sweep.json).
 """
@@ -112,6 +112,7 @@ def child_e2e(cfg: dict) -> dict:
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     from napari_covidseg.inference.segment import segment_volume
+    from napari_covidseg.models.blocks import fold_batchnorm
     from napari_covidseg.models.checkpoint import resolve_model
 
     device = cfg["device"]
@@ -130,8 +131,6 @@ def child_e2e(cfg: dict) -> dict:
 
     start = time.perf_counter()
     loaded = resolve_model("unet")
-    if cfg["channels_last"]:
-        loaded.module = loaded.module.to(memory_format=torch.channels_last)
     load_seconds = time.perf_counter() - start
     calls: list[float] = []
     began: list[float] = []
@@ -157,13 +156,12 @@ def child_e2e(cfg: dict) -> dict:
         h.remove()
 
     slices = int(volume.shape[0])
-    net = loaded.module.eval()
+    # the network exactly as iter_segment runs it: batch norms folded, channels-last weights and input
+    net = fold_batchnorm(loaded.module).to(device, memory_format=torch.channels_last)
     size = tuple(seg.card.input_size)
     flops = flops_per_slice(net, size, device)
     forward_in_run = float(sum(calls))
-    loop_seconds, loop_slices = forward_loop(
-        net, cfg["batch"], size, cfg["forward_slices"], device, cfg["channels_last"], cfg["bf16"]
-    )
+    loop_seconds, loop_slices = forward_loop(net, cfg["batch"], size, cfg["forward_slices"], device, True, cfg["bf16"])
     ceiling_after = _bench.matmul_ceiling(device)
     ceiling = max(ceiling_before, ceiling_after)
     if device.startswith("cuda"):  # iter_segment runs the network in float16 autocast on CUDA
@@ -184,7 +182,8 @@ def child_e2e(cfg: dict) -> dict:
         "device": seg.device,
         "batch": cfg["batch"],
         "torch_threads": torch.get_num_threads(),
-        "channels_last": cfg["channels_last"],
+        "channels_last": True,
+        "batchnorm_folded": True,
         "bf16_autocast": cfg["bf16"],
         "slices": slices,
         "shape": list(volume.shape),
@@ -322,7 +321,6 @@ def config(files: dict, label: str, device: str, batch: int, threads: int, forwa
         "device": device,
         "batch": batch,
         "threads": threads,
-        "channels_last": False,
         "bf16": False,
         "forward_slices": forward_slices,
     }
@@ -368,14 +366,14 @@ def print_run(r: dict) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8, help="slices per forward pass (the Segment dock's default)")
+    parser.add_argument("--batch", type=int, default=4, help="slices per forward pass (iter_segment's default)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--slices", type=int, default=_bench.FULL_SHAPE[0], help="volume depth (300: the benchmark)")
     parser.add_argument("--size", type=int, default=_bench.FULL_SHAPE[1], help="in-plane size (512)")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                         help="all: cpu, and cuda when torch sees a GPU")  # fmt: skip
     parser.add_argument("--forward-slices", type=int, default=96, help="slices per pure-forward timing loop")
-    sweep_help = "also batch 4/16, threads 1, channels_last, bf16 autocast: ratios to the default"
+    sweep_help = "also the other batches of 2/4/8/16, threads 1, bf16 autocast: ratios to the default"
     parser.add_argument("--sweep", action="store_true", help=sweep_help)
     parser.add_argument("--repeats", type=int, default=1, help="--sweep: interleaved rounds, the fastest run kept")
     parser.add_argument("--resume", action="store_true", help="--sweep: keep the runs of an interrupted sweep")
@@ -425,15 +423,14 @@ def main() -> int:
             lambda: config(files, "default", "cpu", args.batch, threads, args.forward_slices),
             *[
                 (lambda b=b: config(files, f"batch {b}", "cpu", b, threads, args.forward_slices))
-                for b in (4, 8, 16)
+                for b in (2, 4, 8, 16)
                 if b != args.batch
             ],
             lambda: config(files, f"threads {other}", "cpu", args.batch, other, args.forward_slices),
-            lambda: config(files, "channels_last", "cpu", args.batch, threads, args.forward_slices, channels_last=True),
             lambda: config(files, "bf16 autocast", "cpu", args.batch, threads, args.forward_slices, bf16=True),
         ]
         # finished runs are kept in a partial file, so an interrupted sweep can go on with --resume
-        partial = out.with_suffix(".partial.json")
+        partial = _bench.cache_dir() / f"{out.stem}.partial.json"  # outside the repository
         done: list[dict] = json.loads(partial.read_text())["runs"] if args.resume and partial.is_file() else []
         tries: dict[str, list[dict]] = {}
         for r in done:
@@ -483,8 +480,8 @@ def main() -> int:
             "reference": "default",
             "repeats": args.repeats,
             "note": f"each configuration ran {args.repeats} time(s), rounds interleaved, the fastest run kept; ratios "
-            f"are configuration / default (batch {args.batch}, {threads} threads, float32 NCHW), < 1 is faster or "
-            "smaller. cpu_during_run.other_busy_cores says how much other work shared the cores.",
+            f"are configuration / default (batch {args.batch}, {threads} threads, float32, folded, channels-last), "
+            "< 1 is faster or smaller. cpu_during_run.other_busy_cores says how much other work shared the cores.",
             "e2e": e2e,
             "forward": forward,
         }
@@ -507,7 +504,7 @@ def main() -> int:
             print(f"  {name:<30} {t['time_ratio_to_float32']:.3f}  ({t['slices_per_second']} sl/s){extra}")
     _bench.write_json(out, report)
     if args.sweep:
-        out.with_suffix(".partial.json").unlink(missing_ok=True)
+        (_bench.cache_dir() / f"{out.stem}.partial.json").unlink(missing_ok=True)
     print(f"\nwritten: {out}")
     for r in runs:
         for key, t in report["targets"][r["label"]].items():

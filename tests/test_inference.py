@@ -197,3 +197,16 @@ def test_fast_path_matches_the_plain_path_on_the_bundled_unet():
     plain[:, ys, xs] = probs.argmax(dim=1).numpy()
     assert (fast == plain).mean() > 0.9999  # float rounding may flip a tie-close pixel, nothing more
     assert fast.any()
+
+
+def test_volumes_ml_counts_every_class_by_its_id():
+    from napari_covidseg.inference.segment import Segmentation
+
+    rng = np.random.default_rng(0)
+    labels = rng.choice(np.array([0, 1, 2, 3], np.uint8), size=(5, 40, 30), p=[0.7, 0.15, 0.1, 0.05])
+    seg = Segmentation(labels, segmentation_card(num_classes=4))
+    spacing = (2.5, 0.7, 0.8)
+    counts = np.bincount(labels.ravel(), minlength=4)
+    expected = {c["name"]: counts[c["id"]] * 2.5 * 0.7 * 0.8 / 1000.0 for c in seg.card.classes if c["id"]}
+    assert seg.volumes_ml(spacing) == pytest.approx(expected)
+    assert len(expected) == 3

@@ -188,3 +188,35 @@ def test_gradients_reach_first_conv(name):
     assert first_conv.weight.grad is not None
     assert first_conv.weight.grad.abs().sum() > 0
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", SEGMENTATION + CLASSIFICATION)
+def test_fold_batchnorm_gives_the_same_outputs_and_leaves_the_model_alone(name):
+    """Inference folds batch norm into the convolutions; every network gives the same logits, up to float rounding,
+    and the loaded model (which a fine-tune may train later) keeps its norms, parameters and mode."""
+    from napari_covidseg.models.blocks import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model(name, base_width=SMALL)
+    bns = [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d))]
+    assert bns, name
+    with torch.no_grad():  # running statistics and affine terms far from the identity, as after training
+        for bn in bns:
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.3, 3.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.3, 0.3)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batchnorm(model)
+    x = torch.randn(2, 1, 64, 64) if name in SEGMENTATION else torch.randn(1, 1, 16, 48, 48)
+    with torch.no_grad():
+        ref = model.eval()(x)
+        out = folded(x)
+    ref = ref[0] if isinstance(ref, tuple) else ref
+    out = out[0] if isinstance(out, tuple) else out
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max())), float((out - ref).abs().max())
+    left = [m for m in folded.modules() if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d))]
+    assert len(left) < len(bns)  # every conv-then-norm pair is folded (norms after other layers may stay)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert len([m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d))]) == len(bns)

@@ -414,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment lesions slice by slice; writes a NIfTI label map")
     p.add_argument("input", help="NIfTI file, DICOM folder or file, PNG/JPG slice(s) or .npy")
     p.add_argument("-o", "--output", required=True, help="output label map (.nii.gz), same geometry as the input")
-    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (memory grows with it)")
+    # the same default as inference.segment.DEFAULT_BATCH_SIZE (not imported here: it would load torch for --help)
+    p.add_argument("--batch-size", type=int, default=4, help="slices per forward pass (memory grows with it)")
     model_args(p, DEFAULT_SEGMENTATION_MODEL)
     p.set_defaults(func=cmd_segment)
 

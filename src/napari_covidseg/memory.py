@@ -58,7 +58,7 @@ def available_bytes() -> int:
 
 def estimate_segmentation_bytes(
     shape_zyx: Sequence[int],
-    batch_size: int = 8,
+    batch_size: int = 4,
     num_classes: int = 4,
     input_size: int | Sequence[int] = 256,
     return_probabilities: bool = False,

@@ -113,3 +113,24 @@ def test_a_user_model_appears_after_rescan_and_a_damaged_one_fails_with_a_messag
     assert "failed" in str(notification_manager.records[-1].message)
     assert [layer.name for layer in viewer.layers] == ["ct", "ct lesions (my-tiny-unet)"]
     assert dock.run_button.text() == "Segment" and dock.run_button.isEnabled()
+
+
+def test_one_time_setup_runs_once_in_a_background_thread():
+    """Docks start napari's/torch's slow one-time imports off the GUI thread, once per process."""
+    import sys
+    import threading
+
+    from napari_covidseg._widgets._dock import warm_in_background, warm_layer_imports
+
+    calls = []
+
+    def covidseg_test_warm():
+        calls.append(threading.current_thread().name)
+
+    first = warm_in_background(covidseg_test_warm)
+    assert first is not None
+    first.join(10)
+    assert warm_in_background(covidseg_test_warm) is None  # started before: not again
+    assert calls == ["covidseg-covidseg_test_warm"]  # ran once, not in the GUI thread
+    warm_layer_imports()  # what the background thread and each job's first step run
+    assert {"pandas", "skimage.color.colorconv"} <= set(sys.modules)

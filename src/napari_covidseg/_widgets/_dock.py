@@ -7,6 +7,9 @@ generator job for one CT) and :meth:`ImageJobDock.show_result` (turn the job's r
 
 from __future__ import annotations
 
+import importlib
+import logging
+import threading
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +23,8 @@ from napari_covidseg.io.volume import CTVolume
 
 if TYPE_CHECKING:
     import napari
+
+log = logging.getLogger(__name__)
 
 
 class JobDock(QWidget):
@@ -78,19 +83,77 @@ class JobDock(QWidget):
         raise NotImplementedError
 
 
+# One-time work that napari, vispy and torch do in whichever thread first needs it, slow enough to freeze the
+# viewer when that is the GUI thread (benchmarks/stall_probe.py): napari and vispy building a dock's first result
+# layer import pandas (layer features) and skimage's colour conversions (the Labels layer's default random
+# colormap; they pull in scipy.linalg) and compute vispy's dash patterns for the Labels polygon overlay, ~0.6 s in
+# one stall; torch building the first optimiser imports torch._dynamo, ~2 s holding the GIL for up to 150 ms at a
+# time. All of it is plain Python/numpy, so a dock starts it in a background thread when it opens, and the jobs run
+# it again first (a no-op by then).
+_LAYER_IMPORTS = ("pandas", "skimage.color.colorconv", "scipy.linalg", "scipy.ndimage")
+_TRAINING_IMPORTS = ("torch._dynamo",)
+_started: set[str] = set()
+
+
+def _import_all(names) -> None:
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # pragma: no cover - napari's and torch's own modules; the caller imports them as before
+            log.debug("could not pre-import %s", name, exc_info=True)
+
+
+def warm_layer_imports() -> None:
+    """napari's and vispy's one-time set-up for result layers, done in the calling thread (a no-op once done)."""
+    _import_all(_LAYER_IMPORTS)
+    try:
+        from vispy.visuals.line.dash_atlas import DashAtlas
+
+        DashAtlas()  # fills vispy's lru-cached dash patterns; no OpenGL involved
+    except Exception:  # pragma: no cover - a vispy without this module: nothing to warm
+        log.debug("could not pre-compute vispy's dash patterns", exc_info=True)
+
+
+def warm_training_imports() -> None:
+    """What torch imports when the first optimiser is built (torch._dynamo), done in the calling thread."""
+    _import_all(_TRAINING_IMPORTS)
+
+
+def warm_in_background(warm: Callable[[], None]) -> threading.Thread | None:
+    """Run ``warm`` once per process in a daemon thread (returns it; None when it was started before)."""
+    key = warm.__name__
+    if key in _started:
+        return None
+    _started.add(key)
+    thread = threading.Thread(target=warm, name=f"covidseg-{key}", daemon=True)
+    thread.start()
+    return thread
+
+
+def _warming(job: Callable[[], Generator[Any, None, Any]]) -> Callable[[], Generator[Any, None, Any]]:
+    """``job`` preceded by ``warm_layer_imports`` (in the worker thread; a no-op when the dock's warm-up finished)."""
+
+    def run():
+        warm_layer_imports()
+        return (yield from job())
+
+    return run
+
+
 class ImageJobDock(JobDock):
     """A job on the CT chosen in the ``image`` picker; results are placed exactly on that layer."""
 
     def __init__(self, napari_viewer: napari.Viewer, parent=None):
         super().__init__(napari_viewer, parent)
         self.image = LayerPicker(napari_viewer, Image)
+        warm_in_background(warm_layer_imports)
 
     def start_job(self):
         layer = self.image.layer()
         volume = layer_volume(layer)
         job, description = self.prepare(layer, volume)
         like, name = placement(layer), layer.name
-        return job, description, lambda result: self.show_result(result, volume, like, name), layer
+        return _warming(job), description, lambda result: self.show_result(result, volume, like, name), layer
 
     def prepare(self, layer, volume: CTVolume) -> tuple[Callable[[], Generator[Any, None, Any]], str]:
         """Read the dock's inputs; return (generator function, description). Raise InputError for bad input."""

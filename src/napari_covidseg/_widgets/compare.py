@@ -26,7 +26,7 @@ from napari_covidseg._widgets._dock import ImageJobDock
 from napari_covidseg.analysis.metrics import INFECTION, class_name, score_image
 from napari_covidseg.constants import LESION_CLASSES, LESION_COLOURS
 from napari_covidseg.errors import InputError
-from napari_covidseg.inference.segment import Progress, iter_segment
+from napari_covidseg.inference.segment import DEFAULT_BATCH_SIZE, Progress, iter_segment
 from napari_covidseg.layers import GEOMETRY_KEY
 
 if TYPE_CHECKING:
@@ -48,7 +48,6 @@ DISAGREEMENT_COLOURS: dict[int | None, tuple[float, float, float, float]] = {
     OTHER_CLASS: (1.0, 1.0, 1.0, 1.0),  # white
 }
 INFECTION_ROW = "infection (GGO+consolidation)"
-BATCH_SIZE = 8
 
 
 def disagreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -97,7 +96,7 @@ def compare_job(volume, checkpoints, device: str, ref, voxel_ml: float):
     n, segs = volume.shape[0], []
     for k, ckpt in enumerate(checkpoints):
         stage = f"segmenting with {ckpt.name} ({k + 1}/{len(checkpoints)})"
-        gen = iter_segment(volume, ckpt, device=device, batch_size=BATCH_SIZE)
+        gen = iter_segment(volume, ckpt, device=device, batch_size=DEFAULT_BATCH_SIZE)
         segs.append((yield from _shifted(gen, k * n, len(checkpoints) * n, stage)))
     squeezed = bool(volume.meta.get("squeezed"))
     a, b = (seg.labels[0] if squeezed else seg.labels for seg in segs)

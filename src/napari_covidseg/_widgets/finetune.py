@@ -14,7 +14,7 @@ from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QWidget
 
 from napari_covidseg._widgets._common import ModelPicker, models
-from napari_covidseg._widgets._dock import JobDock
+from napari_covidseg._widgets._dock import JobDock, warm_in_background, warm_training_imports
 from napari_covidseg._widgets._session import session_for
 from napari_covidseg.errors import CheckpointError, InputError
 from napari_covidseg.training.finetune import FinetuneResult, FinetuneSettings, iter_finetune, suggest_name
@@ -70,6 +70,7 @@ class FinetuneWidget(JobDock):
 
     def __init__(self, napari_viewer: napari.Viewer, parent=None):
         super().__init__(napari_viewer, parent)
+        warm_in_background(warm_training_imports)  # torch._dynamo, imported by the first optimiser (see _dock.py)
         self.session = session_for(napari_viewer)
         self.base = ModelPicker("segmentation", default="unet")
         self.steps = QSpinBox()
