@@ -21,20 +21,10 @@ import time
 import numpy as np
 
 
-def wait(dock) -> None:
-    from qtpy.QtWidgets import QApplication
-
-    while dock.runner.running:
-        QApplication.processEvents()
-        time.sleep(0.05)
-    for _ in range(10):
-        QApplication.processEvents()
-
-
 def session_one(screenshot: str, steps: int) -> None:
     import napari
 
-    from napari_covidseg._demo import PLUGIN, WINDOW_SIZE, dismiss_notifications, open_demo
+    from napari_covidseg._demo import PLUGIN, WINDOW_SIZE, dismiss_notifications, open_demo, wait_for_job
     from napari_covidseg.constants import CONSOLIDATION
 
     viewer = napari.Viewer(title="napari-covidseg correction loop")
@@ -43,7 +33,7 @@ def session_one(screenshot: str, steps: int) -> None:
     seg, correct, tune = docks["segment"], docks["correct"], docks["finetune"]
     t0 = time.perf_counter()
     seg.run_button.click()
-    wait(seg)
+    wait_for_job(seg)
     labels = viewer.layers["phantom CT lesions (unet)"]
     reference = viewer.layers["phantom lesions (reference)"].data
     correct.labels.setCurrentText(labels.name)
@@ -59,11 +49,11 @@ def session_one(screenshot: str, steps: int) -> None:
     print(correct.status.text())
     tune.steps.setValue(steps)
     tune.run_button.click()
-    wait(tune)
+    wait_for_job(tune)
     print(tune.status.text())
     print(tune.result.text().replace("<br>", "\n").replace("<b>", "").replace("</b>", "").replace("<i>", ""))
     seg.run_button.click()
-    wait(seg)
+    wait_for_job(seg)
     print(seg.status.text(), f"(whole loop {time.perf_counter() - t0:.0f} s)")
     viewer.dims.set_point(0, labels.data_to_world((slices[-1], 0, 0))[0])
     viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune on corrections")  # bring its tab to the front

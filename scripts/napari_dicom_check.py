@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 from qtpy.QtWidgets import QApplication
 
-from napari_covidseg._demo import PLUGIN, WINDOW_SIZE, dismiss_notifications
+from napari_covidseg._demo import PLUGIN, WINDOW_SIZE, dismiss_notifications, wait_for_job
 
 
 def main(folder: str, screenshot: str) -> int:
@@ -31,9 +31,7 @@ def main(folder: str, screenshot: str) -> int:
     dock.image.setCurrentText(layer.name)
     start = time.perf_counter()
     dock.run_button.click()
-    while dock.runner.running:
-        QApplication.processEvents()
-        time.sleep(0.05)
+    wait_for_job(dock)
     print(f"segment dock: {dock.runner.outcome} in {time.perf_counter() - start:.1f} s; {dock.status.text()}")
     if dock.last_result is not None:
         print("volumes (ml):", {k: round(v, 2) for k, v in dock.last_result.volumes_ml(tuple(layer.scale)).items()})

@@ -8,23 +8,14 @@ Prints the dock's numbers next to those of `covidseg quantify`'s core on the sam
 from __future__ import annotations
 
 import sys
-import time
 
 import napari
 import numpy as np
 from qtpy.QtWidgets import QApplication
 
-from napari_covidseg._demo import PLUGIN, WINDOW_SIZE, dismiss_notifications
+from napari_covidseg._demo import PLUGIN, WINDOW_SIZE, dismiss_notifications, wait_for_job
 from napari_covidseg.analysis.quantify import quantify
 from napari_covidseg.io import load_ct
-
-
-def wait(dock) -> None:
-    while dock.runner.running:
-        QApplication.processEvents()
-        time.sleep(0.05)
-    for _ in range(10):
-        QApplication.processEvents()
 
 
 def main(path: str, screenshot: str) -> int:
@@ -35,12 +26,12 @@ def main(path: str, screenshot: str) -> int:
     _, quant = viewer.window.add_plugin_dock_widget(PLUGIN, "Quantify lung involvement")
     seg.image.setCurrentText(ct.name)
     seg.run_button.click()
-    wait(seg)
+    wait_for_job(seg)
     lesions = viewer.layers[f"{ct.name} lesions (unet)"]
     quant.image.setCurrentText(ct.name)
     quant.lesions.setCurrentText(lesions.name)
     quant.run_button.click()
-    wait(quant)
+    wait_for_job(quant)
     q = quant.last[0]
     core, _ = quantify(load_ct(path), np.asarray(lesions.data), model="unet")
     print(f"dock: lungs {q.lung_ml}, involvement {q.involvement_pct}, severity {q.severity}")

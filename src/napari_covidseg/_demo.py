@@ -76,6 +76,17 @@ def show_lesion_slice(viewer) -> None:
             return
 
 
+def wait_for_job(dock, poll_s: float = 0.05) -> None:
+    """Run the Qt event loop until ``dock``'s job has ended, then a few more rounds (its result layout settles)."""
+    from qtpy.QtWidgets import QApplication
+
+    while dock.runner.running:
+        QApplication.processEvents()
+        time.sleep(poll_s)
+    for _ in range(10):
+        QApplication.processEvents()
+
+
 def dismiss_notifications() -> None:
     """Close napari's pop-up notifications (e.g. its PyQt5 deprecation notice) so they do not cover the scan."""
     from qtpy.QtWidgets import QApplication

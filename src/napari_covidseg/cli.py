@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from napari_covidseg.constants import DEFAULT_BATCH_SIZE
 from napari_covidseg.errors import InputError
 
 EXIT_BAD_INPUT = 2
@@ -414,8 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment lesions slice by slice; writes a NIfTI label map")
     p.add_argument("input", help="NIfTI file, DICOM folder or file, PNG/JPG slice(s) or .npy")
     p.add_argument("-o", "--output", required=True, help="output label map (.nii.gz), same geometry as the input")
-    # the same default as inference.segment.DEFAULT_BATCH_SIZE (not imported here: it would load torch for --help)
-    p.add_argument("--batch-size", type=int, default=4, help="slices per forward pass (memory grows with it)")
+    p.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="slices per forward pass (memory grows with it)"
+    )
     model_args(p, DEFAULT_SEGMENTATION_MODEL)
     p.set_defaults(func=cmd_segment)
 

@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from napari_covidseg.constants import DEFAULT_BATCH_SIZE
 from napari_covidseg.errors import InputError
 from napari_covidseg.io.checks import format_bytes, volume_bytes
 
@@ -58,7 +59,7 @@ def available_bytes() -> int:
 
 def estimate_segmentation_bytes(
     shape_zyx: Sequence[int],
-    batch_size: int = 4,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     num_classes: int = 4,
     input_size: int | Sequence[int] = 256,
     return_probabilities: bool = False,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Labels
 
-from napari_covidseg._widgets.compare import INFECTION_ROW, CompareWidget
+from napari_covidseg._widgets.compare import CompareWidget
+from napari_covidseg.analysis.compare import INFECTION_ROW
 from napari_covidseg.analysis.metrics import INFECTION, score_image
 from napari_covidseg.layers import GEOMETRY_KEY
 from tests.widgets.conftest import wait_for

@@ -92,7 +92,7 @@ class JobDock(QWidget):
 # it again first (a no-op by then).
 _LAYER_IMPORTS = ("pandas", "skimage.color.colorconv", "scipy.linalg", "scipy.ndimage")
 _TRAINING_IMPORTS = ("torch._dynamo",)
-_started: set[str] = set()
+_started: set[Callable[[], None]] = set()
 
 
 def _import_all(names) -> None:
@@ -121,11 +121,10 @@ def warm_training_imports() -> None:
 
 def warm_in_background(warm: Callable[[], None]) -> threading.Thread | None:
     """Run ``warm`` once per process in a daemon thread (returns it; None when it was started before)."""
-    key = warm.__name__
-    if key in _started:
+    if warm in _started:
         return None
-    _started.add(key)
-    thread = threading.Thread(target=warm, name=f"covidseg-{key}", daemon=True)
+    _started.add(warm)
+    thread = threading.Thread(target=warm, name=f"covidseg-{warm.__name__}", daemon=True)
     thread.start()
     return thread
 

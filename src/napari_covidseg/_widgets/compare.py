@@ -23,23 +23,20 @@ from napari_covidseg._widgets._common import (
     new_table,
 )
 from napari_covidseg._widgets._dock import ImageJobDock
-from napari_covidseg.analysis.metrics import INFECTION, class_name, score_image
+from napari_covidseg.analysis.compare import (
+    DISAGREEMENT_NAMES,
+    ONLY_A,
+    ONLY_B,
+    OTHER_CLASS,
+    iter_compare,
+)
 from napari_covidseg.constants import LESION_CLASSES, LESION_COLOURS
 from napari_covidseg.errors import InputError
-from napari_covidseg.inference.segment import DEFAULT_BATCH_SIZE, Progress, iter_segment
 from napari_covidseg.layers import GEOMETRY_KEY
 
 if TYPE_CHECKING:
     import napari
 
-# Values of the disagreement layer ("lesion" = any foreground class); 0 = both agree.
-ONLY_A, ONLY_B, OTHER_CLASS = 1, 2, 3
-DISAGREEMENT_NAMES: dict[int, str] = {  # {a} / {b} become the model names in the layer's features
-    0: "agree",
-    ONLY_A: "lesion only in {a}",
-    ONLY_B: "lesion only in {b}",
-    OTHER_CLASS: "lesion in both, different class",
-}
 DISAGREEMENT_COLOURS: dict[int | None, tuple[float, float, float, float]] = {
     None: (0.0, 0.0, 0.0, 0.0),
     0: (0.0, 0.0, 0.0, 0.0),
@@ -47,71 +44,6 @@ DISAGREEMENT_COLOURS: dict[int | None, tuple[float, float, float, float]] = {
     ONLY_B: (0.0, 1.0, 1.0, 1.0),  # cyan
     OTHER_CLASS: (1.0, 1.0, 1.0, 1.0),  # white
 }
-INFECTION_ROW = "infection (GGO+consolidation)"
-
-
-def disagreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """uint8 map of where two label arrays disagree: ONLY_A, ONLY_B, OTHER_CLASS, else 0."""
-    out = np.zeros(a.shape, dtype=np.uint8)
-    in_a, in_b = a != 0, b != 0
-    out[in_a & ~in_b] = ONLY_A
-    out[in_b & ~in_a] = ONLY_B
-    out[in_a & in_b & (a != b)] = OTHER_CLASS
-    return out
-
-
-def compare_rows(a, b, ref, classes: dict[int, str], voxel_ml: float) -> list[dict]:
-    """One dict per foreground class of ``classes`` plus the infection group: volumes (ml) and Dice scores.
-
-    Dice comes from :func:`score_image` (NaN when the class is in neither array); the reference columns
-    (``dice A vs reference``, ``dice B vs reference``) are there only when ``ref`` is given.
-    """
-    ids = [int(i) for i in classes if i != 0]
-    groups = {INFECTION_ROW: tuple(next(iter(INFECTION.values())))}
-    members = {class_name(i): (i,) for i in ids} | groups
-    labels = {class_name(i): classes[i] for i in ids} | {INFECTION_ROW: INFECTION_ROW}
-    scores = {"A vs B": score_image(a, b, ids, groups)}
-    if ref is not None:
-        scores |= {
-            "A vs reference": score_image(a, ref, ids, groups),
-            "B vs reference": score_image(b, ref, ids, groups),
-        }
-    count = {m: np.bincount(np.asarray(x).ravel()) for m, x in (("A", a), ("B", b))}
-    rows = []
-    for key, label in labels.items():
-        row: dict = {"class": label}
-        for m, c in count.items():
-            row[f"volume {m} (ml)"] = float(sum(int(c[i]) for i in members[key] if i < len(c))) * voxel_ml
-        for pair, score in scores.items():
-            row[f"dice {pair}"] = score[key]["dice"]
-        rows.append(row)
-    return rows
-
-
-def compare_job(volume, checkpoints, device: str, ref, voxel_ml: float):
-    """Generator for the worker: model A then model B, one progress bar (A's slices, then B's).
-
-    Returns ``(segmentation A, segmentation B, disagreement, rows)``, the last two in the image layer's shape.
-    """
-    n, segs = volume.shape[0], []
-    for k, ckpt in enumerate(checkpoints):
-        stage = f"segmenting with {ckpt.name} ({k + 1}/{len(checkpoints)})"
-        gen = iter_segment(volume, ckpt, device=device, batch_size=DEFAULT_BATCH_SIZE)
-        segs.append((yield from _shifted(gen, k * n, len(checkpoints) * n, stage)))
-    squeezed = bool(volume.meta.get("squeezed"))
-    a, b = (seg.labels[0] if squeezed else seg.labels for seg in segs)
-    classes = {c["id"]: c["name"] for c in segs[0].card.classes}
-    return segs[0], segs[1], disagreement(a, b), compare_rows(a, b, ref, classes, voxel_ml)
-
-
-def _shifted(gen, offset: int, total: int, stage: str):
-    """Re-yield ``gen``'s Progress as ``offset + done`` of ``total``; return what ``gen`` returns."""
-    while True:
-        try:
-            update = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield Progress(offset + update.done, total, stage)
 
 
 def _header(key: str, name_a: str, name_b: str) -> str:
@@ -169,7 +101,7 @@ class CompareWidget(ImageJobDock):
             raise InputError(f"models A and B are both {ckpt_a.name!r}; choose two different models")
         ref = self._reference_data(layer)
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-        job = partial(compare_job, volume, (ckpt_a, ckpt_b), self.device.currentText(), ref, voxel_ml)
+        job = partial(iter_compare, volume, (ckpt_a, ckpt_b), self.device.currentText(), ref, voxel_ml)
         return job, f"Comparing {ckpt_a.name} and {ckpt_b.name} on {layer.name}"
 
     def _reference_data(self, image) -> np.ndarray | None:
@@ -189,7 +121,7 @@ class CompareWidget(ImageJobDock):
 
     def show_result(self, result, volume, like: dict, image_name: str) -> None:
         """GUI thread: add both lesion layers and the disagreement layer, fill the table, switch to the grid."""
-        seg_a, seg_b, diff, rows = result
+        seg_a, seg_b, diff, rows, differ = result
         name_a, name_b = seg_a.card.name, seg_b.card.name
         for seg in (seg_a, seg_b):
             classes = {c["id"]: c["name"] for c in seg.card.classes}
@@ -211,7 +143,6 @@ class CompareWidget(ImageJobDock):
         self.grid.setChecked(True)
         self.viewer.grid.enabled = True
         self.viewer.reset_view()  # every panel shows the whole slice
-        differ = float((diff != 0).sum()) * float(np.prod(volume.spacing)) / 1000.0
         seconds = seg_a.seconds + seg_b.seconds
         self.runner.set_status(
             f"{name_a} vs {name_b}: {seg_a.labels.shape[0]} slices each in {seconds:.1f} s on {seg_a.device}; "

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_covidseg.constants import DEFAULT_BATCH_SIZE
 from napari_covidseg.errors import InputError
 from napari_covidseg.inference.device import autocast, resolve_device
 from napari_covidseg.inference.preprocess import body_box, fit, normalise, unfit
@@ -23,12 +24,6 @@ from napari_covidseg.memory import check_fits, estimate_segmentation_bytes
 from napari_covidseg.models.blocks import fold_batchnorm
 from napari_covidseg.models.card import ModelCard
 from napari_covidseg.models.checkpoint import Checkpoint, LoadedModel, resolve_model
-
-#: Slices per forward pass. On CPU 4 beat 8 and 16 in the settings sweep (docs/BENCHMARKS.md): a batch of 8 192x192
-#: slices makes 38 MB activations, above glibc's largest mmap threshold (32 MB), so each is a fresh mapping whose
-#: pages the kernel faults in and zeroes on every forward (in a forward loop, a third of the time was system time);
-#: at 4 they are reused heap memory. It also bounds memory: only this many slices are in flight at once.
-DEFAULT_BATCH_SIZE = 4
 
 
 class Cancelled(Exception):
