@@ -44,10 +44,9 @@ LUNG_WINDOW: tuple[float, float] = (-1350.0, 150.0)  # centre -600, width 1500
 MEDSEG_HU_WINDOW: tuple[float, float] = (-1130.0, 280.0)
 BODY_THRESHOLD_HU = -500.0  # voxels above this are body (or table) when cropping
 
-#: Slices per forward pass when segmenting. On CPU 4 beat 8 (1.08x the time) and 16 (1.61x) in the settings sweep of
-#: docs/BENCHMARKS.md; 2 was 0.91x in that sweep's fastest runs, but its two runs disagreed (7.1 s and 9.7 s against
-#: 7.8 s and 8.9 s), so the default stays 4. A batch of 8 192x192 slices makes 38 MB activations, above glibc's largest
-#: mmap threshold (32 MB), so each is a fresh mapping whose pages the kernel faults in and zeroes on every forward (in
-#: a forward loop a third of the time was system time); at 4 they are reused heap memory. It also bounds memory:
-#: only this many slices are in flight at once.
+#: Slices per forward pass when segmenting. On CPU 4 beat 8 and 16 in the settings sweeps (docs/BENCHMARKS.md:
+#: 1.06-1.08x and 1.2-1.6x its time) and 2 was within noise of it (0.91-0.99x, its own runs spreading more). A batch
+#: of 8 192x192 slices makes 38 MB activations, above glibc's largest mmap threshold (32 MB), so each is a fresh
+#: mapping whose pages the kernel faults in and zeroes on every forward (in a forward loop a third of the time was
+#: system time); at 4 they are reused heap memory. It also bounds memory: only this many slices are in flight.
 DEFAULT_BATCH_SIZE = 4
