@@ -38,10 +38,12 @@ def tiny_unet() -> LoadedModel:
 def test_segment_shapes_progress_and_probabilities(tiny_unet):
     vol, _ = phantom_volume(shape=(7, 96, 80))
     updates = []
-    seg = segment_volume(vol, tiny_unet, device="cpu", batch_size=3, return_probabilities=True, progress=updates.append)
+    seg = segment_volume(
+        vol, tiny_unet, device="cpu", batch_size=3, return_probabilities=True, progress=updates.append, framing="whole"
+    )
     assert seg.labels.shape == vol.shape and seg.labels.dtype == np.uint8
     assert set(np.unique(seg.labels)) <= {0, 1, 2, 3}
-    assert [u.done for u in updates] == [0, 3, 6, 7] and all(u.total == 7 for u in updates)
+    assert [u.done for u in updates] == [0, 0, 3, 6, 7] and all(u.total == 7 for u in updates)
     assert seg.probabilities.shape == (7, 4, 96, 80)
     np.testing.assert_allclose(seg.probabilities.astype(np.float32).sum(axis=1), 1.0, atol=1e-2)
     top2 = np.sort(seg.probabilities.astype(np.float32), axis=1)[:, -2:]
@@ -54,7 +56,7 @@ def test_batches_bound_what_the_network_sees(tiny_unet):
     seen = []
     hook = tiny_unet.module.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
     try:
-        segment_volume(vol, tiny_unet, device="cpu", batch_size=4)
+        segment_volume(vol, tiny_unet, device="cpu", batch_size=4, framing="whole")
     finally:
         hook.remove()
     assert [s[0] for s in seen] == [4, 4, 2]
@@ -66,9 +68,15 @@ def test_cancel_after_first_batch_returns_nothing(tiny_unet):
     calls = []
     with pytest.raises(Cancelled):
         segment_volume(
-            vol, tiny_unet, device="cpu", batch_size=2, progress=calls.append, should_stop=lambda: len(calls) >= 2
+            vol,
+            tiny_unet,
+            device="cpu",
+            batch_size=2,
+            progress=calls.append,
+            should_stop=lambda: len(calls) >= 3,
+            framing="whole",
         )
-    assert [c.done for c in calls] == [0, 2]  # stopped right after the first batch
+    assert [c.done for c in calls] == [0, 0, 2]  # start, lungs found (for the inside/outside figures), first batch
     gen = iter_segment(vol, tiny_unet, device="cpu", batch_size=2)
     next(gen)
     gen.close()  # a thread worker quitting closes the generator: no error, no result
@@ -186,7 +194,7 @@ def test_fast_path_matches_the_plain_path_on_the_bundled_unet():
     from napari_covidseg.models.checkpoint import resolve_model
 
     vol, _ = phantom_volume(seed=3, shape=(12, 128, 128))
-    fast = segment_volume(vol, "unet", device="cpu", batch_size=4).labels
+    fast = segment_volume(vol, "unet", device="cpu", batch_size=4, framing="whole").labels
     plain_model = resolve_model("unet")
     net, card = plain_model.module.eval(), plain_model.card
     ys, xs = body_box(vol.array, vol.intensity)

@@ -7,6 +7,7 @@ scan's on-disk geometry, so the mask overlays the original file in any viewer.
 
 from __future__ import annotations
 
+import os
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from napari_covidseg.errors import InputError
 from napari_covidseg.io import _looks_like_dicom, is_supported, load_ct
 from napari_covidseg.io.nifti import IMAGE_SUFFIXES
 from napari_covidseg.io.writers import save_labels
-from napari_covidseg.layers import geometry_volume, image_layer_data
+from napari_covidseg.layers import geometry_volume, image_layer_data, labels_layer_kwargs
 
 _FOLDER_PEEK = 64  # a folder is claimed if one of its first files looks like DICOM or an image slice
 
@@ -31,19 +32,89 @@ def get_reader(path: str | list[str]):
     p = Path(path)
     try:
         if p.is_dir():
-            return read_ct if _folder_has_slices(p) else None
+            return read_for_napari if _folder_has_slices(p) else None
         if p.name.lower().endswith(".npy"):
             return None  # napari's own reader handles arrays; ours would guess an intensity convention
-        return read_ct if p.is_file() and is_supported(p) else None
+        return read_for_napari if p.is_file() and is_supported(p) else None
     except OSError:  # a name too long for the filesystem, a permission problem: not ours to read
         return None
 
 
+def read_for_napari(path: str | list[str]) -> list[tuple]:
+    """The reader napari calls: :func:`read_ct`, with bad input reported as a napari error notification whose first
+    words are the cause.
+
+    Raising would not do: napari replaces a reader's exception with its own "Tried to read <path> with plugin ...",
+    so the red toast shows the start of a path and the cause hides behind "View Traceback". Bad input therefore
+    returns napari's "nothing to add" sentinel after the notification; anything unexpected still raises.
+    """
+    try:
+        return read_ct(path)
+    except InputError as exc:
+        from napari.utils.notifications import show_error
+
+        show_error(cause_first(str(exc)))
+        return [(None,)]
+
+
+def cause_first(message: str) -> str:
+    """ "<path>: <cause>" -> "<cause> — <path>" (the start of a message is what a notification shows)."""
+    head, sep, rest = message.partition(": ")
+    if sep and rest and (os.sep in head or Path(head).exists()):
+        return f"{rest} — {head}"
+    return message
+
+
 def read_ct(path: str | list[str]) -> list[tuple[np.ndarray, dict, str]]:
-    """Load one CT (display orientation, HU for NIfTI/DICOM) as an Image layer-data tuple."""
+    """Load one CT (display orientation, HU for NIfTI/DICOM) as an Image layer-data tuple.
+
+    A NIfTI that holds a label map (what ``covidseg segment -o`` and the writer save: whole numbers 0..255, at most
+    ``MAX_LABEL_VALUES`` of them, nothing negative, which no CT in HU is) opens as a Labels layer in the same
+    geometry, with the lesion colours when its values are lesion classes, so it overlays the scan it was made on.
+    """
     if isinstance(path, list):
         path = path[0]
-    return [image_layer_data(load_ct(path))]
+    volume = load_ct(path)
+    if str(path).lower().endswith((".nii", ".nii.gz")):
+        labels = _as_label_map(volume.array)
+        if labels is not None:
+            return [_labels_layer_data(volume, labels)]
+    return [image_layer_data(volume)]
+
+
+MAX_LABEL_VALUES = 32
+
+
+def _as_label_map(array: np.ndarray) -> np.ndarray | None:
+    """uint8 labels when ``array`` looks like a label map (see :func:`read_ct`), else None."""
+    if array.size == 0 or float(array.min()) < 0 or float(array.max()) > 255:
+        return None
+    labels = array.astype(np.uint8)
+    if not np.array_equal(labels, array):  # fractions: an image, not labels
+        return None
+    if np.count_nonzero(np.bincount(labels.ravel(), minlength=256)) > MAX_LABEL_VALUES:
+        return None
+    return labels
+
+
+def _labels_layer_data(volume, labels: np.ndarray) -> tuple[np.ndarray, dict, str]:
+    """Labels layer-data tuple: lung names for a lung mask (file name says so), lesion classes when the values are
+    lesion class ids, else plain "label k" names."""
+    from napari_covidseg.constants import LESION_CLASSES, LUNG_COLOURS, LUNG_NAMES
+
+    _, like, _ = image_layer_data(volume)
+    present = set(np.flatnonzero(np.bincount(labels.ravel(), minlength=256)).tolist()) | {0}
+    lungs = "lung" in Path(volume.source).name.lower() and present <= set(LUNG_NAMES)
+    if lungs:
+        names = dict(LUNG_NAMES)
+    elif present <= set(LESION_CLASSES):
+        names = dict(LESION_CLASSES)
+    else:
+        names = {v: ("background" if v == 0 else f"label {v}") for v in sorted(present)}
+    kwargs = labels_layer_kwargs(volume.name, like, names, {"source": volume.source})
+    if lungs:
+        kwargs["colormap"] = dict(LUNG_COLOURS)
+    return labels, kwargs, "labels"
 
 
 def write_labels(path: str, data: Any, attributes: dict) -> list[str]:

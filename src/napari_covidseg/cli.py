@@ -100,21 +100,47 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from napari_covidseg.io import save_labels
 
     _check_output(args.output)
+    if args.lungs_out:
+        _check_output(args.lungs_out)
     volume = _load(args.input)
+    framing = _framing(args)
+    if args.lungs_out and volume.intensity != "HU":
+        raise InputError(f"--lungs-out needs a CT in Hounsfield units; {args.input} holds 8-bit display values")
     model = _model(args, DEFAULT_SEGMENTATION_MODEL, "segmentation")
     bar, update = _progress_bar("segment")
     with bar:
-        seg = segment_volume(volume, model, device=args.device, batch_size=args.batch_size, progress=update)
+        seg = segment_volume(
+            volume, model, device=args.device, batch_size=args.batch_size, framing=framing, progress=update
+        )
     out = save_labels(seg.labels, like=volume, path=args.output)
-    summary = {
-        "output": str(out),
-        "model": seg.card.name,
-        "device": seg.device,
-        "seconds": round(seg.seconds, 2),
-        "volume_ml": {k: round(v, 2) for k, v in seg.volumes_ml(volume.spacing).items()},
-    }
+    summary = {"output": str(out), **seg.summary(volume.spacing)}
+    if args.lungs_out:
+        summary["lungs_output"] = str(save_labels(seg.lungs, like=volume, path=args.lungs_out))
+    _print_lesion_line(volume.name, summary)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _framing(args: argparse.Namespace) -> str:
+    return "whole" if getattr(args, "whole_slice", False) else "auto"
+
+
+def _print_lesion_line(name: str, summary: dict) -> None:
+    """One plain line on stderr: where the lesions are, in ml and % of the lungs; then the notes."""
+    for note in summary["notes"]:
+        print(f"covidseg: note: {note}", file=sys.stderr)
+    if summary["inside_lungs_ml"] is None:
+        total = sum(summary["volume_ml"].values())
+        print(f"covidseg: {name}: {total:.1f} ml lesion (no lung mask for this image)", file=sys.stderr)
+        return
+    inside, outside = sum(summary["inside_lungs_ml"].values()), sum(summary["outside_lungs_ml"].values())
+    line = (
+        f"covidseg: {name}: {inside:.1f} ml lesion inside the lungs = {summary['lung_involved_pct']['total']:.2f} % "
+        f"of {summary['lung_ml']['total']:.0f} ml lung"
+    )
+    if outside > 0:
+        line += f"; {outside:.1f} ml more lies OUTSIDE the lungs (whole-slice segmentation)"
+    print(line, file=sys.stderr)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -159,6 +185,8 @@ def cmd_quantify(args: argparse.Namespace) -> int:
     card_summary = card_notes = ""
     class_names = None
     if args.mask:
+        if args.whole_slice:
+            raise InputError("--whole-slice changes how lesions are segmented; it cannot be combined with --mask")
         from napari_covidseg.io.labels import load_labels
 
         lesions = load_labels(args.mask)
@@ -171,7 +199,9 @@ def cmd_quantify(args: argparse.Namespace) -> int:
         model = _model(args, DEFAULT_SEGMENTATION_MODEL, "segmentation")
         bar, update = _progress_bar("segment")
         with bar:
-            seg = segment_volume(volume, model, device=args.device, progress=update)
+            seg = segment_volume(volume, model, device=args.device, framing=_framing(args), progress=update)
+        for note in seg.notes:
+            print(f"covidseg: note: {note}", file=sys.stderr)
         lesions, made_by = seg.labels, seg.card.name
         card_summary, card_notes = seg.card.summary(), seg.card.notes
         class_names = {int(c["id"]): str(c["name"]) for c in seg.card.classes}
@@ -412,12 +442,22 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument("--checkpoint", help="a .safetensors file with its .json model card beside it")
         p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
 
+    def whole_slice_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--whole-slice",
+            action="store_true",
+            help="segment each whole slice instead of lung-first (default for HU scans: find the lungs, crop each "
+            "slice to them as the training slices are framed, keep lesions only inside the lungs)",
+        )
+
     p = sub.add_parser("segment", help="segment lesions slice by slice; writes a NIfTI label map")
     p.add_argument("input", help="NIfTI file, DICOM folder or file, PNG/JPG slice(s) or .npy")
     p.add_argument("-o", "--output", required=True, help="output label map (.nii.gz), same geometry as the input")
     p.add_argument(
         "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="slices per forward pass (memory grows with it)"
     )
+    p.add_argument("--lungs-out", help="also write the lung mask (.nii.gz; 1 right, 2 left lung)")
+    whole_slice_arg(p)
     model_args(p, DEFAULT_SEGMENTATION_MODEL)
     p.set_defaults(func=cmd_segment)
 
@@ -435,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="write every measure as CSV (measure, region, class, value, unit)")
     p.add_argument("--report", help="write a one-page HTML report (self-contained: tables, chart, key slices)")
     p.add_argument("--lungs-out", help="write the lung mask measured against (.nii.gz; 1 right, 2 left)")
+    whole_slice_arg(p)
     model_args(p, DEFAULT_SEGMENTATION_MODEL)
     p.set_defaults(func=cmd_quantify)
 

@@ -26,6 +26,15 @@ LESION_COLOURS: dict[int, tuple[float, float, float, float]] = {
     EFFUSION: (0.15, 0.45, 1.0, 1.0),  # blue
 }
 
+# Lung masks (classical HU mask, quantification, lung-first segmentation): value -> name, and their outline colours.
+LUNG_NAMES: dict[int, str] = {0: "outside the lungs", 1: "right lung", 2: "left lung"}
+LUNG_COLOURS: dict[int | None, tuple[float, float, float, float]] = {
+    None: (0.0, 0.0, 0.0, 0.0),
+    0: (0.0, 0.0, 0.0, 0.0),
+    1: (0.0, 0.8, 0.8, 1.0),  # teal
+    2: (0.6, 0.4, 1.0, 1.0),  # violet
+}
+
 # Whole-volume diagnosis classes of the 3D classifier, in output order.
 DIAGNOSIS_CLASSES: tuple[str, ...] = ("COVID-19", "common pneumonia", "normal")
 # RGBA in 0..1 per diagnosis class, same order (red, orange, green).

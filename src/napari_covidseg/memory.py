@@ -63,8 +63,12 @@ def estimate_segmentation_bytes(
     num_classes: int = 4,
     input_size: int | Sequence[int] = 256,
     return_probabilities: bool = False,
+    lungs: bool = False,
 ) -> int:
     """Peak bytes of segmenting a (z, y, x) volume slice by slice (see ``iter_segment``).
+
+    ``lungs``: the lung mask and lung region are made too (two uint8 volumes kept, and while the classical mask
+    runs about four bytes per voxel of boolean and label work arrays on its coarse grid and at the full size).
 
     Whole volume: the CT as float32, the labels as uint8 and, when requested, float16 class probabilities.
     Per batch: the float32 crop, the network input at ``input_size``, logits and softmax at input size, probabilities
@@ -78,7 +82,7 @@ def estimate_segmentation_bytes(
     b = max(1, min(int(batch_size), z))
     k = max(1, int(num_classes))
     voxels, pixels, in_pixels = z * h * w, h * w, in_h * in_w
-    whole = voxels * 4 + voxels * 1 + (voxels * k * 2 if return_probabilities else 0)
+    whole = voxels * 4 + voxels * 1 + (voxels * k * 2 if return_probabilities else 0) + (voxels * 6 if lungs else 0)
     batch = b * (
         pixels * 4  # float32 crop of the slices
         + in_pixels * 4  # padded/resized network input

@@ -117,3 +117,39 @@ def test_writer_refuses_float_labels(tmp_path):
     with pytest.raises(InputError, match="integers"):
         write_labels(str(tmp_path / "x.nii.gz"), np.zeros((2, 4, 4), np.float32), {"name": "x"})
     assert not list(tmp_path.iterdir())
+
+
+def _relabel_transfer_syntax(folder, uid):
+    """Swap the TransferSyntaxUID of every file for ``uid`` (same padded length as Explicit VR Little Endian)."""
+    old = str(ExplicitVRLittleEndian).encode().ljust(20, b"\0")
+    for f in folder.iterdir():
+        data = f.read_bytes()
+        assert data.count(old) == 1
+        f.write_bytes(data.replace(old, uid.encode().ljust(20, b"\0")))
+
+
+@pytest.mark.parametrize("case", ["undecodable_dicom", "truncated_nifti"])
+def test_bad_input_notification_starts_with_the_cause(make_napari_viewer, tmp_path, case):
+    """napari would bury a reader's exception under "Tried to read <path> with plugin ...": the reader itself posts
+    the notification, cause first and the path last, and adds no layer."""
+    from napari.utils.notifications import notification_manager
+
+    if case == "undecodable_dicom":
+        write_dicom_series(tmp_path / "series")
+        _relabel_transfer_syntax(tmp_path / "series", "1.2.826.0.1.36800.77")  # a private syntax, 20 characters
+        path, cause = tmp_path / "series", "cannot decode private transfer syntax 1.2.826.0.1.36800.77"
+    else:
+        paths = write_sample(tmp_path / "sample", shape=(8, 64, 64))
+        path = tmp_path / "cut.nii.gz"
+        path.write_bytes(paths["ct"].read_bytes()[:300])
+        cause = "cannot read"
+    viewer = make_napari_viewer()
+    before = len(notification_manager.records)
+    layers = viewer.open(str(path), plugin=PLUGIN)
+    assert layers == [] and len(viewer.layers) == 0
+    messages = [str(r.message) for r in notification_manager.records[before:]]
+    assert messages, "no notification"
+    first_line = messages[-1].splitlines()[0]
+    assert first_line.lower().startswith(cause), first_line
+    assert first_line.endswith(path.name) or path.name in first_line  # the path comes last
+    assert not first_line.startswith(str(tmp_path))

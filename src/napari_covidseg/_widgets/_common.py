@@ -8,12 +8,12 @@ import numpy as np
 from psygnal import Signal
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
-from qtpy.QtWidgets import QComboBox, QHBoxLayout, QPushButton, QTableWidget, QTableWidgetItem, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QPushButton, QTableWidget, QTableWidgetItem, QWidget
 
-from napari_covidseg.constants import LESION_COLOURS
+from napari_covidseg.constants import LESION_COLOURS, LUNG_COLOURS, LUNG_NAMES
 from napari_covidseg.errors import InputError
 from napari_covidseg.io.volume import CTVolume
-from napari_covidseg.layers import labels_layer_kwargs, volume_from_layer
+from napari_covidseg.layers import GEOMETRY_KEY, labels_layer_kwargs, volume_from_layer
 from napari_covidseg.models.checkpoint import Checkpoint, list_checkpoints
 
 if TYPE_CHECKING:
@@ -212,6 +212,40 @@ def add_lesion_labels(viewer, labels: np.ndarray, volume: CTVolume, like: dict, 
     kwargs = labels_layer_kwargs(name, like, classes, extra)
     layer = viewer.add_labels(data, **kwargs, rotate=like["rotate"], shear=like["shear"], affine=like["affine"])
     return layer
+
+
+def add_lung_labels(viewer, lungs: np.ndarray, volume: CTVolume, like: dict, name: str):
+    """Add a lung mask (1 right, 2 left) as an outlined Labels layer on the image described by ``like``."""
+    metadata = {k: v for k, v in like["metadata"].items() if k in (GEOMETRY_KEY, "spacing")}
+    metadata["classes"] = dict(LUNG_NAMES)
+    layer = viewer.add_labels(
+        lungs[0] if volume.meta.get("squeezed") else lungs,
+        name=name,
+        colormap=dict(LUNG_COLOURS),
+        features={"index": list(LUNG_NAMES), "class": list(LUNG_NAMES.values())},
+        metadata=metadata,
+        opacity=0.7,
+        **{k: like[k] for k in ("scale", "translate", "rotate", "shear", "affine")},
+    )
+    layer.contour = 1  # outlines: the lesions underneath stay visible
+    return layer
+
+
+def lungs_checkbox() -> QCheckBox:
+    """The lung-first switch of every dock that segments (on: lung-first; off: whole slice)."""
+    box = QCheckBox("only inside the lungs")
+    box.setChecked(True)
+    box.setToolTip(
+        "On (default): find the lungs, crop each slice to them as the training slices are framed, and keep "
+        "lesions only inside the lungs (filled, with a margin for consolidation and effusion at the chest wall). "
+        "Off: segment each whole slice; lesions outside the lungs are then reported separately. 8-bit PNG/JPG "
+        "slices are taken as already lung-cropped and always segmented whole."
+    )
+    return box
+
+
+def framing_of(box: QCheckBox) -> str:
+    return "auto" if box.isChecked() else "whole"
 
 
 def fill_volume_table(table: QTableWidget, classes: dict[int, str], columns: dict[str, dict[str, float]]) -> None:

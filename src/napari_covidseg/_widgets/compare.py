@@ -20,6 +20,8 @@ from napari_covidseg._widgets._common import (
     ModelPicker,
     add_lesion_labels,
     fit_table_height,
+    framing_of,
+    lungs_checkbox,
     new_table,
 )
 from napari_covidseg._widgets._dock import ImageJobDock
@@ -78,8 +80,9 @@ class CompareWidget(ImageJobDock):
         napari_viewer.grid.events.enabled.connect(self._sync_grid)  # napari's own grid button moves the checkbox
         self.destroyed.connect(lambda *_: napari_viewer.grid.events.enabled.disconnect(self._sync_grid))
         self.table = new_table()
+        self.lungs_only = lungs_checkbox()
         fields = {"image": self.image, "model A": self.model_a, "model B": self.model_b}
-        fields |= {"reference": self.reference, "device": self.device}
+        fields |= {"reference": self.reference, "device": self.device, "lungs": self.lungs_only}
         self.lay_out(fields, [self.grid, QLabel("Lesion volume (ml) and agreement (Dice)"), self.table])
         self.last_rows: list[dict] = []
 
@@ -101,7 +104,8 @@ class CompareWidget(ImageJobDock):
             raise InputError(f"models A and B are both {ckpt_a.name!r}; choose two different models")
         ref = self._reference_data(layer)
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-        job = partial(iter_compare, volume, (ckpt_a, ckpt_b), self.device.currentText(), ref, voxel_ml)
+        framing = framing_of(self.lungs_only)
+        job = partial(iter_compare, volume, (ckpt_a, ckpt_b), self.device.currentText(), ref, voxel_ml, framing)
         return job, f"Comparing {ckpt_a.name} and {ckpt_b.name} on {layer.name}"
 
     def _reference_data(self, image) -> np.ndarray | None:

@@ -15,17 +15,13 @@ from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QTableWidgetItem, QWidget
 
-from napari_covidseg._widgets._common import LayerPicker, fit_table_height, new_table
+from napari_covidseg._widgets._common import LayerPicker, add_lung_labels, fit_table_height, new_table
 from napari_covidseg._widgets._dock import ImageJobDock
 from napari_covidseg.analysis.quantify import SEVERITY_SCHEME, SIDES, Quantification, iter_quantify, write_csv
 from napari_covidseg.errors import InputError
-from napari_covidseg.layers import GEOMETRY_KEY
 
 if TYPE_CHECKING:
     import napari
-
-LUNG_COLOURS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.0, 0.8, 0.8, 1.0), 2: (0.6, 0.4, 1.0, 1.0)}
-LUNG_NAMES = {0: "outside the lungs", 1: "right lung", 2: "left lung"}
 
 
 def card_text(model: str) -> tuple[str, str]:
@@ -85,18 +81,7 @@ class QuantifyWidget(ImageJobDock):
     def show_result(self, result, volume, like: dict, image_name: str) -> None:
         q, volume, lesions, lungs = result
         self.last = (q, volume, lesions, lungs)
-        metadata = {k: v for k, v in like["metadata"].items() if k in (GEOMETRY_KEY, "spacing")}
-        metadata["classes"] = dict(LUNG_NAMES)
-        lung_layer = self.viewer.add_labels(
-            lungs[0] if volume.meta.get("squeezed") else lungs,
-            name=f"{image_name} lungs",
-            colormap=dict(LUNG_COLOURS),
-            features={"index": list(LUNG_NAMES), "class": list(LUNG_NAMES.values())},
-            metadata=metadata,
-            opacity=0.7,
-            **{k: like[k] for k in ("scale", "translate", "rotate", "shear", "affine")},
-        )
-        lung_layer.contour = 1  # outlines: the lesions underneath stay visible
+        add_lung_labels(self.viewer, lungs, volume, like, f"{image_name} lungs")
         self._fill(q)
         zones = ", ".join(f"{zone} {score}" for zone, score in q.zone_score.items())
         notes = f"<br><i>{len(q.notes)} note(s): hover here</i>" if q.notes else ""
@@ -112,6 +97,10 @@ class QuantifyWidget(ImageJobDock):
         rows += [("involvement (all lesions)", q.involvement_pct, "%")]
         rows += [(f"{name}", by_side, "%") for name, by_side in q.class_pct.items()]
         rows += [(f"HU {band}", by_side, "%") for band, by_side in q.hu_bands.items()]
+        # lesion the lung mask missed but that touches a lung is counted; lesion far from the lungs is not: both in
+        # the table, not in a hover note, so nobody reads the lung figures without seeing what was left out
+        rows += [("lesion at the lung border, counted", {"total": q.folded_ml}, "ml")]
+        rows += [("lesion OUTSIDE the lungs, not counted", {"total": q.excluded_ml}, "ml")]
         self.table.clear()
         self.table.setColumnCount(1 + len(SIDES))
         self.table.setRowCount(len(rows))
@@ -119,7 +108,7 @@ class QuantifyWidget(ImageJobDock):
         for r, (label, by_side, unit) in enumerate(rows):
             self.table.setItem(r, 0, QTableWidgetItem(f"{label} ({unit})"))
             for c, side in enumerate(SIDES, start=1):
-                cell = QTableWidgetItem(f"{by_side.get(side, 0.0):.1f}")
+                cell = QTableWidgetItem(f"{by_side[side]:.1f}" if side in by_side else "")
                 cell.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
                 self.table.setItem(r, c, cell)
         self.table.resizeColumnsToContents()

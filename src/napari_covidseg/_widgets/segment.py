@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtWidgets import QLabel, QSpinBox
+from qtpy.QtWidgets import QCheckBox, QLabel, QSpinBox
 
-from napari_covidseg._widgets._common import ModelPicker, add_lesion_labels, fill_volume_table, new_table
+from napari_covidseg._widgets._common import (
+    ModelPicker,
+    add_lesion_labels,
+    add_lung_labels,
+    fill_volume_table,
+    framing_of,
+    lungs_checkbox,
+    new_table,
+)
 from napari_covidseg._widgets._dock import ImageJobDock
 from napari_covidseg.inference.segment import DEFAULT_BATCH_SIZE, Segmentation, iter_segment
 
@@ -15,7 +23,8 @@ if TYPE_CHECKING:
 
 
 class SegmentWidget(ImageJobDock):
-    """Pick a CT layer, a model and a device; Segment adds ``<image> lesions (<model>)`` and lists volumes in ml."""
+    """Pick a CT layer, a model and a device; Segment adds ``<image> lesions (<model>)`` and lists volumes in ml:
+    inside the lungs, outside them (only when "only inside the lungs" is off) and the % of each lung involved."""
 
     RUN_TEXT = "Segment"
 
@@ -26,28 +35,59 @@ class SegmentWidget(ImageJobDock):
         self.batch.setRange(1, 64)
         self.batch.setValue(DEFAULT_BATCH_SIZE)
         self.batch.setToolTip("Slices per forward pass: lower it if memory runs out")
+        self.lungs_only = lungs_checkbox()
+        self.show_lungs = QCheckBox("add the lung mask as a layer")
+        self.show_lungs.setToolTip("Outlines of the lung mask the lesions were kept in (1 right, 2 left lung)")
         self.table = new_table()
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
         fields = {"image": self.image, "model": self.model, "device": self.device, "slices per batch": self.batch}
-        self.lay_out(fields, [QLabel("Lesion volume (ml)"), self.table])
+        fields |= {"lungs": self.lungs_only, "": self.show_lungs}
+        self.lay_out(fields, [QLabel("Lesion volume (ml)"), self.table, self.summary])
         self.last_result: Segmentation | None = None
 
     def prepare(self, layer, volume):
         checkpoint = self.model.checkpoint()
-        device, batch = self.device.currentText(), self.batch.value()
+        device, batch, framing = self.device.currentText(), self.batch.value(), framing_of(self.lungs_only)
 
         def job():
-            seg = yield from iter_segment(volume, checkpoint, device=device, batch_size=batch)
-            return seg, seg.volumes_ml(volume.spacing)  # counted here, in the worker, not in the GUI thread
+            seg = yield from iter_segment(volume, checkpoint, device=device, batch_size=batch, framing=framing)
+            return seg, seg.summary(volume.spacing)  # counted here, in the worker, not in the GUI thread
 
         return job, f"Segmenting {layer.name} with {checkpoint.name}"
 
-    def show_result(self, result: tuple[Segmentation, dict[str, float]], volume, like: dict, image_name: str) -> None:
-        seg, volumes = result
+    def show_result(self, result: tuple[Segmentation, dict], volume, like: dict, image_name: str) -> None:
+        seg, summary = result
         classes = {c["id"]: c["name"] for c in seg.card.classes}
         name = f"{image_name} lesions ({seg.card.name})"
-        add_lesion_labels(
-            self.viewer, seg.labels, volume, like, name, classes, {"model": seg.card.name, "device": seg.device}
-        )
-        fill_volume_table(self.table, classes, {"ml": volumes})
+        extra = {"model": seg.card.name, "device": seg.device, "framing": seg.framing}
+        add_lesion_labels(self.viewer, seg.labels, volume, like, name, classes, extra)
+        if self.show_lungs.isChecked() and seg.lungs is not None:
+            add_lung_labels(self.viewer, seg.lungs, volume, like, f"{image_name} lungs")
+            self.viewer.layers.selection.active = self.viewer.layers[name]  # the lesions stay the layer to edit
+        columns = {"ml": summary["volume_ml"]}
+        if summary["inside_lungs_ml"] is not None:
+            columns = {"inside lungs (ml)": summary["inside_lungs_ml"]}
+            if any(v > 0 for v in summary["outside_lungs_ml"].values()) or seg.framing == "whole":
+                columns["outside lungs (ml)"] = summary["outside_lungs_ml"]
+        fill_volume_table(self.table, classes, columns)
+        self.summary.setText(summary_text(summary))
         self.last_result = seg
         self.runner.set_status(f"{name}: {seg.labels.shape[0]} slices in {seg.seconds:.1f} s on {seg.device}")
+
+
+def summary_text(summary: dict) -> str:
+    """The dock's plain-language line under the table: % of lung involved, what lies outside, and the notes."""
+    parts = []
+    if summary["lung_ml"] is not None:
+        pct, lung = summary["lung_involved_pct"], summary["lung_ml"]
+        inside = sum(summary["inside_lungs_ml"].values())
+        parts.append(
+            f"<b>{inside:.1f} ml lesion inside the lungs = {pct['total']:.2f} % of {lung['total']:.0f} ml lung</b> "
+            f"(right {pct['right']:.2f} %, left {pct['left']:.2f} %)"
+        )
+        outside = sum(summary["outside_lungs_ml"].values())
+        if outside > 0:
+            parts.append(f"<b>{outside:.1f} ml more lies outside the lungs</b> (whole-slice segmentation)")
+    parts += [f"<small>{note}</small>" for note in summary["notes"]]
+    return "<br>".join(parts)

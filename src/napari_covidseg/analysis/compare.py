@@ -9,7 +9,8 @@ import numpy as np
 
 from napari_covidseg.analysis.metrics import INFECTION, class_name, score_image
 from napari_covidseg.constants import DEFAULT_BATCH_SIZE
-from napari_covidseg.inference.segment import Progress, iter_segment
+from napari_covidseg.inference.lungfirst import find_lungs
+from napari_covidseg.inference.segment import Progress, iter_segment, resolve_framing
 from napari_covidseg.io.volume import CTVolume
 
 # Values of the disagreement layer ("lesion" = any foreground class); 0 = both agree.
@@ -62,17 +63,27 @@ def compare_rows(a, b, ref, classes: dict[int, str], voxel_ml: float) -> list[di
     return rows
 
 
-def iter_compare(volume: CTVolume, checkpoints, device: str, ref: np.ndarray | None, voxel_ml: float):
+def iter_compare(
+    volume: CTVolume, checkpoints, device: str, ref: np.ndarray | None, voxel_ml: float, framing: str = "auto"
+):
     """Segment ``volume`` with model A then model B; one progress count over both (A's slices, then B's).
+
+    ``framing`` as in :func:`~napari_covidseg.inference.segment.iter_segment`; lung-first finds the lungs once for
+    both models, so both keep lesions inside the same lung region.
 
     A generator (napari's thread worker runs it). Returns ``(segmentation A, segmentation B, disagreement, rows,
     disagreement ml)``: the disagreement map and ``ref`` in the volume's own shape (2-D for a single slice), rows
     from :func:`compare_rows`, and the volume where the two disagree.
     """
     n, segs = volume.shape[0], []
+    mode, _ = resolve_framing(framing, volume.intensity)
+    lungs = None
+    if volume.intensity == "HU":
+        yield Progress(0, len(checkpoints) * n, "finding the lungs")
+        lungs = find_lungs(volume)
     for k, ckpt in enumerate(checkpoints):
         stage = f"segmenting with {ckpt.name} ({k + 1}/{len(checkpoints)})"
-        gen = iter_segment(volume, ckpt, device=device, batch_size=DEFAULT_BATCH_SIZE)
+        gen = iter_segment(volume, ckpt, device=device, batch_size=DEFAULT_BATCH_SIZE, framing=mode, lungs=lungs)
         segs.append((yield from _shifted(gen, k * n, len(checkpoints) * n, stage)))
     squeezed = bool(volume.meta.get("squeezed"))
     a, b = (seg.labels[0] if squeezed else seg.labels for seg in segs)

@@ -50,6 +50,7 @@ BILATERAL_MIN_FRACTION = 0.2  # a part with this fraction of voxels on each side
 SPLIT_MIN_FRACTION = 0.1  # an erosion split counts when each part holds this fraction of the eroded voxels
 MAX_SPLIT_EROSIONS = 15  # erosion steps on the coarse grid before falling back to the mid-sagittal plane
 CLOSING_MM = 4.0  # in-plane closing radius per lung: modest, to take in small dense lesions at the lung border
+GRID_MM = 1.5  # in-plane voxels finer than half this are averaged in blocks first (512x512 at 0.7 mm -> 256x256)
 
 _PLANE = np.zeros((3, 3, 3), dtype=bool)  # in-plane 4-connectivity as a 3-D structure (no links across slices)
 _PLANE[1] = ndimage.generate_binary_structure(2, 1)
@@ -58,13 +59,20 @@ _PLANE8[1] = True
 _BALL = ndimage.generate_binary_structure(3, 1)
 
 
-def lung_mask(volume_or_array: CTVolume | np.ndarray, spacing: tuple[float, float, float] | None = None) -> np.ndarray:
+def lung_mask(
+    volume_or_array: CTVolume | np.ndarray,
+    spacing: tuple[float, float, float] | None = None,
+    grid_mm: float = GRID_MM,
+) -> np.ndarray:
     """Right (1) and left (2) lung of a HU CT in display orientation, as uint8 (z, y, x).
 
     Args:
         volume_or_array: a :class:`CTVolume` with ``intensity == "HU"``, or a HU array (z, y, x) (a single (y, x)
             slice is accepted too and gives a 2-D mask).
         spacing: voxel size (z, y, x) in mm; defaults to the volume's, or 1 mm for a bare array.
+        grid_mm: the mask is computed on in-plane blocks of ``k x k`` voxels (mean HU), ``k = floor(grid_mm /
+            pixel spacing)``, and repeated back to the CT grid: a 512x512 scan at 0.7 mm is worked on at 1.4 mm,
+            4x fewer voxels (300 slices: about 2 s instead of 9 s). 0 keeps the CT grid.
 
     Returns:
         uint8 array of the input's shape; all zeros when no lung-like air is found.
@@ -77,7 +85,12 @@ def lung_mask(volume_or_array: CTVolume | np.ndarray, spacing: tuple[float, floa
     if squeeze:
         array = array[None]
         spacing = (1.0, *spacing[-2:])
-    out = _lung_mask(array, spacing)
+    factor = max(1, int(grid_mm // min(spacing[1], spacing[2]))) if grid_mm > 0 else 1
+    if factor > 1 and min(array.shape[1:]) >= 2 * factor * 32:
+        coarse = _lung_mask(_pool(array, factor), (spacing[0], spacing[1] * factor, spacing[2] * factor))
+        out = np.ascontiguousarray(_upsample(coarse, factor, array.shape))
+    else:
+        out = _lung_mask(array, spacing)
     return out[0] if squeeze else out
 
 

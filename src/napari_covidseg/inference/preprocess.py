@@ -89,18 +89,56 @@ def prepare_slices(volume: CTVolume, card: ModelCard, labels: np.ndarray | None 
 
     Used by training so that training input is prepared exactly as :func:`iter_segment` prepares it.
     """
-    return prepare_array(volume.array, volume.intensity, card, labels)
+    return prepare_array(volume.array, volume.intensity, card, labels, spacing=volume.spacing)
 
 
-def prepare_array(array: np.ndarray, intensity: str, card: ModelCard, labels: np.ndarray | None = None):
-    """:func:`prepare_slices` for a bare (z, y, x) array with its intensity convention ("HU" or "display")."""
+def prepare_array(
+    array: np.ndarray,
+    intensity: str,
+    card: ModelCard,
+    labels: np.ndarray | None = None,
+    spacing: tuple[float, float, float] | None = None,
+):
+    """:func:`prepare_slices` for a bare (z, y, x) array with its intensity convention ("HU" or "display").
+
+    HU slices are framed lung-first as :func:`~napari_covidseg.inference.segment.iter_segment` frames them by
+    default (each slice cropped to its lungs, :func:`~napari_covidseg.inference.lungfirst.find_lungs`; slices
+    without lung keep the body box), so corrections saved from full-field scans train the network on the framing
+    it is used with. Display images (already lung-cropped 8-bit slices) keep the whole slice.
+    """
     ys, xs = body_box(array, intensity)
+    boxes = [(ys, xs)] * array.shape[0]
+    if intensity == "HU" and spacing is not None:
+        from napari_covidseg.errors import InputError
+        from napari_covidseg.inference.lungfirst import find_lungs
+
+        try:
+            found = find_lungs(CTVolume(np.asarray(array, dtype=np.float32), tuple(spacing), np.eye(4), "HU"))
+        except InputError:  # no air at all in these slices: no lungs to frame by
+            found = None
+        if found is not None:
+            boxes = [box if box is not None else (ys, xs) for box in found.boxes]
     size = tuple(card.input_size)
-    x, _ = fit(torch.from_numpy(normalise(array[:, ys, xs], intensity, card))[:, None], size)
-    if labels is None:
-        return x, None
-    y, _ = fit(torch.from_numpy(np.ascontiguousarray(labels[:, ys, xs]).astype(np.int64))[:, None], size, labels=True)
-    return x, y[:, 0]
+    xs_out, ys_out = [], []
+    for group in _same_box_runs(boxes):
+        (by, bx), z0, z1 = boxes[group[0]], group[0], group[-1] + 1
+        x, _ = fit(torch.from_numpy(normalise(array[z0:z1, by, bx], intensity, card))[:, None], size)
+        xs_out.append(x)
+        if labels is not None:
+            lab = torch.from_numpy(np.ascontiguousarray(labels[z0:z1, by, bx]).astype(np.int64))[:, None]
+            ys_out.append(fit(lab, size, labels=True)[0][:, 0])
+    return torch.cat(xs_out), (torch.cat(ys_out) if labels is not None else None)
+
+
+def _same_box_runs(boxes: list[tuple[slice, slice]]) -> list[list[int]]:
+    """Consecutive slice indices grouped where they share one crop box (one resize per group)."""
+    runs: list[list[int]] = []
+    for k, box in enumerate(boxes):
+        if runs and boxes[runs[-1][-1]] == box:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return runs
 
 
 def unfit(output: torch.Tensor, geom: SquareFit) -> torch.Tensor:

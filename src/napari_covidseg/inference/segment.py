@@ -18,6 +18,7 @@ import torch
 from napari_covidseg.constants import DEFAULT_BATCH_SIZE
 from napari_covidseg.errors import InputError
 from napari_covidseg.inference.device import autocast, resolve_device
+from napari_covidseg.inference.lungfirst import LungRegion, find_lungs, keep_in_region
 from napari_covidseg.inference.preprocess import body_box, fit, normalise, unfit
 from napari_covidseg.io.volume import CTVolume
 from napari_covidseg.memory import check_fits, estimate_segmentation_bytes
@@ -41,6 +42,11 @@ class Progress:
     loss: float | None = None
 
 
+FRAMINGS = ("auto", "lungs", "whole")
+LUNG_FIRST = "lungs"
+WHOLE_SLICE = "whole"
+
+
 @dataclass
 class Segmentation:
     """Result of :func:`segment_volume`.
@@ -49,7 +55,14 @@ class Segmentation:
         labels: uint8 (z, y, x) on the CT grid, values are the card's class ids.
         card: the model card of the network used.
         probabilities: float16 (z, K, y, x) class probabilities when requested, else None.
-        device: where the network ran; ``seconds``: wall time.
+        device: where the network ran; ``seconds``: wall time (lung mask included).
+        framing: ``"lungs"`` (lung-first: each slice cropped to the lungs, lesions kept only inside the lung
+            region) or ``"whole"`` (each slice cropped to the body, as the model was trained on already lung-cropped
+            8-bit slices, or because the caller switched lung-first off).
+        lungs: uint8 (z, y, x) classical lung mask (1 right, 2 left) for HU scans, else None.
+        lung_region: uint8 (z, y, x): the lungs filled and grown by a margin, 1/2 by the nearer lung: where lesions
+            count as "inside the lungs"; None without lungs.
+        notes: plain sentences on how the result was made (framing, no lungs found, ...).
     """
 
     labels: np.ndarray
@@ -58,6 +71,10 @@ class Segmentation:
     device: str = "cpu"
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)
+    framing: str = WHOLE_SLICE
+    lungs: np.ndarray | None = None
+    lung_region: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
 
     def volumes_ml(self, spacing: tuple[float, float, float]) -> dict[str, float]:
         """Volume per foreground class in ml, from voxel counts and spacing (mm, z y x).
@@ -72,8 +89,86 @@ class Segmentation:
             if c["id"] != 0
         }
 
+    def lung_summary(self, spacing: tuple[float, float, float]) -> dict | None:
+        """Lesions inside and outside the lungs, lung volumes and % of each lung involved; None without lungs.
+
+        ``{"lung_ml": {right, left, total}, "inside_lungs_ml": {class: ml}, "outside_lungs_ml": {class: ml},
+        "involved_pct": {right, left, total}}``. Inside = in :attr:`lung_region`; a lung's volume is its lung-mask
+        voxels plus the lesion voxels of its region that the mask missed (dense lesion at the chest wall), so
+        involvement never exceeds 100 %. With lung-first framing nothing lies outside by construction.
+        """
+        if self.lungs is None or self.lung_region is None:
+            return None
+        voxel_ml = float(np.prod(spacing)) / 1000.0
+        lesion = self.labels > 0
+        out: dict = {"lung_ml": {}, "inside_lungs_ml": {}, "outside_lungs_ml": {}, "involved_pct": {}}
+        in_region = self.lung_region > 0
+        for c in self.card.classes:
+            if c["id"] == 0:
+                continue
+            cls = self.labels == c["id"]
+            inside = int(np.count_nonzero(cls & in_region))
+            out["inside_lungs_ml"][c["name"]] = inside * voxel_ml
+            out["outside_lungs_ml"][c["name"]] = (int(np.count_nonzero(cls)) - inside) * voxel_ml
+        lung_total = lesion_total = 0
+        for side, value in (("right", 1), ("left", 2)):
+            lesion_side = lesion & (self.lung_region == value)
+            lung_vox = int(np.count_nonzero(self.lungs == value)) + int(
+                np.count_nonzero(lesion_side & (self.lungs == 0))
+            )
+            lesion_vox = int(np.count_nonzero(lesion_side))
+            out["lung_ml"][side] = lung_vox * voxel_ml
+            out["involved_pct"][side] = 100.0 * lesion_vox / lung_vox if lung_vox else 0.0
+            lung_total, lesion_total = lung_total + lung_vox, lesion_total + lesion_vox
+        out["lung_ml"]["total"] = lung_total * voxel_ml
+        out["involved_pct"]["total"] = 100.0 * lesion_total / lung_total if lung_total else 0.0
+        return out
+
+    def summary(self, spacing: tuple[float, float, float]) -> dict:
+        """JSON-ready figures for the CLI, the API and the docks: model, framing, ml per class (all, inside and
+        outside the lungs), lung ml and % involved (``None`` where there is no lung mask), seconds, notes."""
+        lungs = self.lung_summary(spacing)
+        return {
+            "model": self.card.name,
+            "device": self.device,
+            "seconds": round(self.seconds, 2),
+            "framing": self.framing,
+            "volume_ml": {k: round(v, 2) for k, v in self.volumes_ml(spacing).items()},
+            "inside_lungs_ml": None if lungs is None else {k: round(v, 2) for k, v in lungs["inside_lungs_ml"].items()},
+            "outside_lungs_ml": None
+            if lungs is None
+            else {k: round(v, 2) for k, v in lungs["outside_lungs_ml"].items()},
+            "lung_ml": None if lungs is None else {k: round(v, 1) for k, v in lungs["lung_ml"].items()},
+            "lung_involved_pct": None if lungs is None else {k: round(v, 2) for k, v in lungs["involved_pct"].items()},
+            "notes": list(self.notes),
+        }
+
 
 ModelRef = str | Path | Checkpoint | LoadedModel
+
+
+def resolve_framing(framing: str, intensity: str) -> tuple[str, str]:
+    """(``"lungs"`` or ``"whole"``, the sentence saying why) for a requested framing and the scan's intensities.
+
+    ``"auto"``: lung-first for HU scans; whole slice for 8-bit display images, which are taken to be lung-cropped
+    slices like the training data (MedSeg / Inf-Net JPG/PNG). ``"lungs"`` on a display image is an InputError: the
+    lungs cannot be found without Hounsfield units.
+    """
+    if framing not in FRAMINGS:
+        raise InputError(f"framing must be one of {', '.join(FRAMINGS)}, got {framing!r}")
+    if framing == WHOLE_SLICE:
+        return WHOLE_SLICE, "whole slice segmented (lung-first switched off): lesions are not limited to the lungs"
+    if intensity == "HU":
+        return LUNG_FIRST, "lung-first: each slice cropped to the lungs, lesions kept only inside the lungs"
+    if framing == LUNG_FIRST:
+        raise InputError(
+            "lesions only inside the lungs needs a CT in Hounsfield units (NIfTI or DICOM) to find the lungs; this "
+            "image holds 8-bit display values: segment it as a whole slice"
+        )
+    return WHOLE_SLICE, (
+        "8-bit display image: taken as an already lung-cropped slice (MedSeg / Inf-Net style) and segmented whole; "
+        "no lung mask, so no lung volume or involvement"
+    )
 
 
 def iter_segment(
@@ -83,20 +178,32 @@ def iter_segment(
     device: str | torch.device = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
     return_probabilities: bool = False,
+    framing: str = "auto",
+    lungs: LungRegion | None = None,
 ) -> Generator[Progress, None, Segmentation]:
     """Segment ``volume`` slice by slice; yields :class:`Progress` after each batch, returns a Segmentation.
 
-    Steps: intensity window from the model card -> crop to the body box -> pad to square and resize to the card's
-    input size -> batched forward (batch norms folded, channels-last) in inference mode (autocast on CUDA) ->
-    softmax -> resize back -> argmax.
+    ``framing`` (:func:`resolve_framing`): ``"auto"`` (default) segments HU scans lung-first
+    (:mod:`~napari_covidseg.inference.lungfirst`: lung mask -> each slice cropped to its lungs -> network -> lesions
+    kept inside the lung region) and display images whole; ``"whole"`` crops each slice to the body only.
+    Per batch: intensity window from the model card -> pad to square and resize to the card's input size ->
+    batched forward (batch norms folded, channels-last) in inference mode (autocast on CUDA) -> softmax -> resize
+    back -> argmax. ``lungs``: the volume's :func:`~napari_covidseg.inference.lungfirst.find_lungs` when already
+    made (two models on one scan find the lungs once).
     """
     if batch_size < 1:
         raise InputError("batch_size must be at least 1")
+    mode, why = resolve_framing(framing, volume.intensity)
     loaded = resolve_model(model, task="segmentation")
     card, dev = loaded.card, resolve_device(device)
     # refuse up front what would not fit in memory, instead of being killed half-way
     need = estimate_segmentation_bytes(
-        volume.shape, batch_size, card.num_classes, card.input_size, return_probabilities
+        volume.shape,
+        batch_size,
+        card.num_classes,
+        card.input_size,
+        return_probabilities,
+        lungs=volume.intensity == "HU",
     )
     check_fits(need, f"segmenting {volume.name} ({' x '.join(map(str, volume.shape))} voxels)")
     # batch norms folded into their convolutions (a copy: the loaded model stays trainable), and channels-last so
@@ -104,32 +211,78 @@ def iter_segment(
     net = fold_batchnorm(loaded.module).to(dev, memory_format=torch.channels_last)
     start = time.perf_counter()
     z, h, w = volume.shape
-    ys, xs = body_box(volume.array, volume.intensity)
     labels = np.zeros((z, h, w), dtype=np.uint8)
     probs = np.zeros((z, card.num_classes, h, w), dtype=np.float16) if return_probabilities else None
-    if return_probabilities:
-        probs[:, 0] = 1.0  # outside the body box: background
+    if probs is not None:
+        probs[:, 0] = 1.0  # outside the crops: background
+    notes = [why]
+    region = None
+    yield Progress(0, z, "finding the lungs" if volume.intensity == "HU" else "segmenting")
+    if volume.intensity == "HU":
+        region = find_lungs(volume) if lungs is None else lungs.copy()
+        notes += region.notes
+    meta = {"model_source": loaded.source, "framing": mode}
+    if mode == LUNG_FIRST:
+        boxes = region.boxes
+        meta["slices_with_lung"] = region.slices_with_lung
+        meta["lung_seconds"] = round(region.seconds, 3)
+    else:
+        ys, xs = body_box(volume.array, volume.intensity)
+        boxes = [(ys, xs)] * z
+        meta["body_box"] = [ys.start, ys.stop, xs.start, xs.stop]
+    todo = [k for k in range(z) if boxes[k] is not None]
+    if region is not None:  # the lung step is done; slices without lung count as done
+        yield Progress(z - len(todo), z, "segmenting")
     size = tuple(card.input_size)
-    yield Progress(0, z, "segmenting")
-    for z0 in range(0, z, batch_size):
-        z1 = min(z, z0 + batch_size)
-        crop = normalise(volume.array[z0:z1, ys, xs], volume.intensity, card)
-        batch, geom = fit(torch.from_numpy(crop)[:, None], size)
+    for b0 in range(0, len(todo), batch_size):
+        ks = todo[b0 : b0 + batch_size]
+        if mode == WHOLE_SLICE:  # one box for all: the whole batch in one resize
+            ys, xs = boxes[ks[0]]
+            crop = normalise(volume.array[ks[0] : ks[-1] + 1, ys, xs], volume.intensity, card)
+            batch, geom = fit(torch.from_numpy(crop)[:, None], size)
+            geoms = [geom]
+        else:
+            fitted = [fit(_slice_input(volume, k, boxes[k], card), size) for k in ks]
+            batch, geoms = torch.cat([f[0] for f in fitted]), [f[1] for f in fitted]
         with torch.inference_mode(), autocast(dev):
             logits = net(batch.to(dev).contiguous(memory_format=torch.channels_last))
-        p = unfit(torch.softmax(logits.float(), dim=1), geom).cpu()
-        labels[z0:z1, ys, xs] = class_argmax(p)
-        if probs is not None:
-            probs[z0:z1, :, ys, xs] = p.numpy().astype(np.float16)
-        yield Progress(z1, z, "segmenting")
+        p_all = torch.softmax(logits.float(), dim=1).cpu()
+        if mode == WHOLE_SLICE:
+            p = unfit(p_all, geoms[0])
+            labels[ks[0] : ks[-1] + 1, ys, xs] = class_argmax(p)
+            if probs is not None:
+                probs[ks[0] : ks[-1] + 1, :, ys, xs] = p.numpy().astype(np.float16)
+        else:
+            for i, k in enumerate(ks):
+                ys, xs = boxes[k]
+                p = unfit(p_all[i : i + 1], geoms[i])
+                kept, grown = keep_in_region(class_argmax(p)[0], region.region[k, ys, xs])
+                labels[k, ys, xs] = kept
+                region.region[k, ys, xs] = grown
+                if probs is not None:
+                    probs[k, :, ys, xs] = p[0].numpy().astype(np.float16)
+                    dropped = kept == 0
+                    probs[k, 1:, ys, xs][:, dropped] = 0.0
+                    probs[k, 0, ys, xs][dropped] = 1.0
+        yield Progress(z - len(todo) + b0 + len(ks), z, "segmenting")
     return Segmentation(
         labels,
         card,
         probs,
         str(dev),
         time.perf_counter() - start,
-        {"body_box": [ys.start, ys.stop, xs.start, xs.stop], "model_source": loaded.source},
+        meta,
+        framing=mode,
+        lungs=None if region is None else region.lungs,
+        lung_region=None if region is None else region.region,
+        notes=notes,
     )
+
+
+def _slice_input(volume: CTVolume, k: int, box: tuple[slice, slice], card: ModelCard) -> torch.Tensor:
+    """(1, 1, h, w) float network input of slice ``k`` cropped to ``box``."""
+    ys, xs = box
+    return torch.from_numpy(normalise(volume.array[k, ys, xs], volume.intensity, card))[None, None]
 
 
 def class_argmax(probabilities: torch.Tensor) -> np.ndarray:
@@ -154,12 +307,20 @@ def segment_volume(
     device: str | torch.device = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
     return_probabilities: bool = False,
+    framing: str = "auto",
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Segmentation:
     """Run :func:`iter_segment` to the end; ``progress`` is called after each batch, ``should_stop`` checked too."""
     return run_generator(
-        iter_segment(volume, model, device=device, batch_size=batch_size, return_probabilities=return_probabilities),
+        iter_segment(
+            volume,
+            model,
+            device=device,
+            batch_size=batch_size,
+            return_probabilities=return_probabilities,
+            framing=framing,
+        ),
         progress,
         should_stop,
     )

@@ -3,10 +3,16 @@
 Slices are sorted by their position along the slice normal (ImagePositionPatient . (row x column cosines)),
 not by file name or InstanceNumber, and RescaleSlope/RescaleIntercept are applied to get HU. A folder with several
 series yields the largest one and says so in ``meta["notes"]``.
+
+Compressed pixel data is decoded by pydicom's plugins: JPEG Baseline/Extended/Lossless and JPEG-LS by
+pylibjpeg-libjpeg, JPEG 2000 by pylibjpeg-openjpeg (or Pillow), RLE and Deflate by pydicom itself. The transfer
+syntaxes of a series are checked once, from the headers, before any slice is decoded: one that cannot be decoded
+gives one :class:`InputError` line naming the syntax and what to install.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -34,9 +40,39 @@ KEPT_TAGS = (
 NON_CT_MODALITIES = {"MR", "PT", "NM", "US", "CR", "DX", "MG", "XA", "RF", "OT", "SEG", "RTSTRUCT", "SR", "PR"}
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
+# The packages (dependencies of this plugin) that decode each compressed transfer syntax; named in the error when
+# a decoder is missing. RLE, Deflate and the uncompressed syntaxes need nothing beyond pydicom.
+_LIBJPEG = ("pylibjpeg", "pylibjpeg-libjpeg")
+_OPENJPEG = ("pylibjpeg", "pylibjpeg-openjpeg")
+DECODER_PACKAGES = {
+    "1.2.840.10008.1.2.4.50": _LIBJPEG,  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51": _LIBJPEG,  # JPEG Extended (Process 2 and 4)
+    "1.2.840.10008.1.2.4.57": _LIBJPEG,  # JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70": _LIBJPEG,  # JPEG Lossless, first-order prediction (Process 14, SV1)
+    "1.2.840.10008.1.2.4.80": _LIBJPEG,  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": _LIBJPEG,  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90": _OPENJPEG,  # JPEG 2000 (Lossless Only)
+    "1.2.840.10008.1.2.4.91": _OPENJPEG,  # JPEG 2000
+    "1.2.840.10008.1.2.4.201": _OPENJPEG,  # High-Throughput JPEG 2000 (Lossless Only)
+    "1.2.840.10008.1.2.4.202": _OPENJPEG,  # High-Throughput JPEG 2000 with RPCL Options (Lossless Only)
+    "1.2.840.10008.1.2.4.203": _OPENJPEG,  # High-Throughput JPEG 2000
+}
+_CONVERT_HINT = (
+    "convert the series to an uncompressed transfer syntax first, e.g. with GDCM (gdcmconv --raw IN OUT) "
+    "or DCMTK (dcmdjpeg / dcmconv)"
+)
+
 
 def read_dicom(path: Path) -> CTVolume:
     """Read a DICOM series from a folder (largest series wins) or one DICOM file (one slice)."""
+    with warnings.catch_warnings():
+        # pydicom warns about non-conforming values (UIDs with letters, odd VRs) that real archives are full of and
+        # that do not matter here; left on, each would be one more line on the CLI's stderr.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+        return _read_dicom(path)
+
+
+def _read_dicom(path: Path) -> CTVolume:
     headers = _read_headers([path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()))
     if not headers:
         raise InputError(f"{path}: no readable DICOM image files found")
@@ -63,6 +99,7 @@ def read_dicom(path: Path) -> CTVolume:
         raise InputError(
             f"{path}: malformed DICOM geometry tags (size, orientation, position or spacing: {detail})"
         ) from exc
+    check_transfer_syntaxes(members)
     slices = [_hu_slice(f) for f, _ in members]
     disk = np.ascontiguousarray(np.stack(slices, axis=-1).transpose(1, 0, 2))  # (columns, rows, slices)
     disk = as_greyscale_volume(disk, str(path))
@@ -93,6 +130,58 @@ def _read_headers(files: list[Path]) -> list:
         if "Rows" in ds and "Columns" in ds:
             out.append((f, ds))
     return out
+
+
+def check_transfer_syntaxes(members: list) -> None:
+    """Raise :class:`InputError` for the first transfer syntax among the headers that pydicom cannot decode.
+
+    ``members`` are ``(file, header)`` pairs; each distinct syntax is checked once (one look-up per series, not per
+    slice), so a long series in an undecodable syntax fails at once, with one line, before any pixel is read.
+    """
+    first_file: dict[str, Path] = {}
+    for f, ds in members:
+        meta = getattr(ds, "file_meta", None)
+        uid = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
+        if uid and uid not in first_file:  # no TransferSyntaxUID: pydicom guessed the encoding, let it decode
+            first_file[uid] = f
+    for uid, f in first_file.items():
+        problem = undecodable_reason(uid)
+        if problem:
+            raise InputError(f"{problem} — file {f}")
+
+
+def undecodable_reason(transfer_syntax: str) -> str | None:
+    """None when pydicom can decode pixel data in ``transfer_syntax`` here, else the reason and the fix (one line,
+    starting with the cause: "cannot decode JPEG 2000 (1.2.840.10008.1.2.4.91) pixel data: install ...")."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    uid = UID(transfer_syntax.strip().rstrip("\0"))
+    if uid.name != str(uid):
+        label = f"{uid.name} ({uid})"
+    elif uid.is_private:
+        label = f"private transfer syntax {uid}"
+    else:
+        label = f"transfer syntax {uid} (unknown to pydicom {_pydicom_version()})"
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:  # private or unknown syntaxes, JPEG XL, video, retired JPEG processes
+        return f"cannot decode {label} pixel data: no DICOM decoder for Python handles it; {_CONVERT_HINT}"
+    if decoder.is_available:
+        return None
+    packages = DECODER_PACKAGES.get(str(uid))
+    if packages:
+        fix = f"install {' and '.join(packages)} (pip install {' '.join(packages)})"
+    else:
+        needs = "; ".join(" ".join(str(d).split()) for d in decoder.missing_dependencies) or "a pydicom decoder plugin"
+        fix = f"install one of: {needs}"
+    return f"cannot decode {label} pixel data: {fix}"
+
+
+def _pydicom_version() -> str:
+    import pydicom
+
+    return pydicom.__version__
 
 
 def _same_geometry(members: list, notes: list[str]) -> list:
@@ -159,21 +248,35 @@ def _numbers(ds, path: Path, keyword: str, n: int, default: tuple) -> list[float
 def _hu_slice(path: Path) -> np.ndarray:
     import pydicom
 
+    # Messages start with the cause and end with the file: napari's notification shows only the beginning.
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:  # the header was readable, the rest of the file is not: truncated or corrupt
-        raise InputError(f"{path}: cannot read the DICOM file ({' '.join(str(exc).split())})") from exc
+        raise InputError(f"cannot read the DICOM file ({_one_line(exc)}) — file {path}") from exc
     if "PixelData" not in ds:
-        raise InputError(f"{path}: DICOM file has no pixel data")
+        raise InputError(f"DICOM file has no pixel data — file {path}")
     try:
         pixels = ds.pixel_array.astype(np.float32)
-    except Exception as exc:  # missing decoder plugins, corrupt pixel data
-        raise InputError(f"{path}: cannot decode the pixel data ({' '.join(str(exc).split())})") from exc
+    except Exception as exc:  # corrupt or truncated pixel data (missing decoders are caught before, per series)
+        what = _syntax_name(ds)
+        raise InputError(f"cannot decode the {what}pixel data ({_one_line(exc)}) — file {path}") from exc
     if pixels.ndim != 2:
         raise InputError(
-            f"{path}: expected one greyscale slice per file, got pixel array {pixels.shape} "
-            "(a colour image or a multi-frame file?)"
+            f"expected one greyscale slice per file, got pixel array {pixels.shape} "
+            f"(a colour image or a multi-frame file?) — file {path}"
         )
     slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
     intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
     return pixels * slope + intercept
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _syntax_name(ds) -> str:
+    """ "JPEG 2000 (1.2.840.10008.1.2.4.91) " for compressed pixel data, "" for uncompressed or unknown."""
+    uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if uid is None or not getattr(uid, "is_compressed", False):
+        return ""
+    return f"{uid.name} ({uid}) "

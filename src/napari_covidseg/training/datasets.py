@@ -118,7 +118,9 @@ def _prepare_pair(img: Path, mask: Path, card: ModelCard, rot90_k: int = 0):
     array = volume.array
     if rot90_k:
         array, labels = np.rot90(array, rot90_k, axes=(1, 2)), np.rot90(labels, rot90_k, axes=(1, 2))
-    return prepare_array(np.ascontiguousarray(array), volume.intensity, card, np.ascontiguousarray(labels))
+    return prepare_array(
+        np.ascontiguousarray(array), volume.intensity, card, np.ascontiguousarray(labels), spacing=volume.spacing
+    )
 
 
 def load_medseg(root: str | Path, card: ModelCard, pairs: list[tuple[Path, Path]] | None = None) -> SliceDataset:
