@@ -73,7 +73,7 @@ def phantom_files(shape=FULL_SHAPE, spacing=FULL_SPACING, seed: int = SEED) -> d
 
 def load_volume(files: dict):
     """The cached phantom as the CTVolume the app builds (``Phantom.volume()`` does the same display_volume call)."""
-    from napari_covidseg.io.nifti import display_volume
+    from napari_covidseg.io.volume import display_volume
 
     raw = np.load(files["ct"])
     volume = display_volume(raw, tuple(files["spacing"]), "phantom", "HU", {"format": "phantom"})

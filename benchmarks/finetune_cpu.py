@@ -31,7 +31,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "finetune_cpu.json"
 def write_corrections(folder: Path, effusion: bool) -> list[str]:
     """10 slices: z = 1..5 of two 256x256 phantoms (the slices with lesions), one file per slice."""
     from napari_covidseg.io import save_array, save_labels
-    from napari_covidseg.io.nifti import display_volume
+    from napari_covidseg.io.volume import display_volume
     from napari_covidseg.sample import make_phantom
 
     (folder / "images").mkdir(parents=True)

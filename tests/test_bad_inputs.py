@@ -396,9 +396,9 @@ def _dicom_mr_series(d: Path):
 def _dicom_duplicate_positions(d: Path):
     folder = d / "repeated"
     folder.mkdir()
-    for i in range(3):
-        write_dicom(folder / f"{i}.dcm", np.zeros((16, 16), np.int16), z=5.0, series="1.2.7")
-    return folder, ["share one position"]
+    for i in range(3):  # three different images at one position
+        write_dicom(folder / f"{i}.dcm", np.full((16, 16), 10 * i, np.int16), z=5.0, series="1.2.7")
+    return folder, ["two different images at one slice position"]
 
 
 def _dicom_absurd_rows(d: Path):

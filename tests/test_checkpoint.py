@@ -74,7 +74,7 @@ def test_wrong_shapes_and_tampered_weights(tmp_path):
     "change, message",
     [
         ({"task": "detection"}, "task"),
-        ({"classes": [{"id": 0, "name": "bg", "colour": [0, 0, 0, 0]}]}, "at least 2"),
+        ({"classes": [{"id": 0, "name": "bg", "colour": [0, 0, 0, 0]}]}, "2 to 32 classes"),
         ({"input_size": [64]}, "input_size"),
         ({"intensity": {"hu_window": [100, -100], "display_window": [0, 255]}}, "hu_window"),
         ({"config": {"num_classes": 7}}, "num_classes"),

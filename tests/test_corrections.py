@@ -191,14 +191,16 @@ def test_failure_mid_save_keeps_previous_files(volume, phantom, tmp_path, monkey
     mask_path = tmp_path / "masks" / f"{entry.key}.nii.gz"
     mask_bytes, index_bytes = mask_path.read_bytes(), (tmp_path / "corrections.json").read_bytes()
     monkeypatch.setattr(nib, "save", _failing_writer(nib.save, fail_on, target_arg=1))
-    with pytest.raises(OSError, match="injected"):
+    with pytest.raises(InputError, match="injected") as info:  # names the user's file, not the temporary one
         corr.save_corrections(tmp_path, volume, np.zeros(SHAPE, np.uint8), [3])
+    assert "cannot write" in str(info.value) and "/." not in str(info.value)
     monkeypatch.undo()
     assert mask_path.read_bytes() == mask_bytes
     assert (tmp_path / "corrections.json").read_bytes() == index_bytes
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [f"{entry.key}.nii.gz"]
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [f"{entry.key}.nii.gz"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrections.json", "images", "masks"]
+    # nothing but the pairs, the index and the (persistent, empty) lock file: no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [corr.LOCK_NAME, "corrections.json", "images", "masks"]
     np.testing.assert_array_equal(load_ct(tmp_path / "images" / f"{entry.key}.nii.gz").array, phantom.ct[3:4])
     assert corr.list_corrections(tmp_path) == [entry]
 
@@ -234,7 +236,7 @@ def test_corrupt_autosave_is_ignored(volume, phantom, tmp_path, damage):
 def test_crash_mid_autosave_keeps_previous(volume, phantom, tmp_path, monkeypatch):
     corr.write_autosave(tmp_path, volume, phantom.lesions, [1])
     monkeypatch.setattr(np, "savez_compressed", _failing_writer(np.savez_compressed, 1, target_arg=0))
-    with pytest.raises(OSError, match="injected"):
+    with pytest.raises(InputError, match="injected"):
         corr.write_autosave(tmp_path, volume, np.zeros(SHAPE, np.uint8), [2])
     monkeypatch.undo()
     saved = corr.read_autosave(tmp_path, volume)
@@ -260,10 +262,16 @@ def test_list_and_delete(volume, phantom, tmp_path):
     with pytest.raises(InputError):
         corr.delete_correction(tmp_path, "../corrections")
 
+    # a damaged index is kept aside, never overwritten, and rebuilt from the pairs on disk
     (tmp_path / "corrections.json").write_text('{"truncated": ')
-    assert corr.list_corrections(tmp_path) == []
+    notes: list[str] = []
+    rebuilt = corr.list_corrections(tmp_path, notes)
+    assert [e.key for e in rebuilt] == [entries[2].key] and rebuilt[0].classes == entries[2].classes
+    assert len(notes) == 1 and "damaged" in notes[0] and "rebuilt" in notes[0]
+    (kept,) = tmp_path.glob("corrections.json.damaged-*")
+    assert kept.read_text() == '{"truncated": '
     (tmp_path / "corrections.json").write_text("[1, 2]")
-    assert corr.list_corrections(tmp_path) == []
-    # a new save after a corrupt index starts a fresh, valid one
+    assert [e.key for e in corr.list_corrections(tmp_path)] == [entries[2].key]
+    assert len(list(tmp_path.glob("corrections.json.damaged-*"))) == 2  # the first one kept too
     (entry,) = corr.save_corrections(tmp_path, volume, phantom.lesions, [5])
-    assert corr.list_corrections(tmp_path) == [entry]
+    assert [e.key for e in corr.list_corrections(tmp_path)] == sorted([entries[2].key, entry.key])

@@ -12,7 +12,7 @@ from napari_covidseg.cli import main
 from napari_covidseg.errors import CheckpointError, InputError
 from napari_covidseg.inference import Cancelled, segment_volume
 from napari_covidseg.io import save_array, save_labels
-from napari_covidseg.io.nifti import display_volume
+from napari_covidseg.io.volume import display_volume
 from napari_covidseg.models.checkpoint import list_checkpoints, resolve_model, save_checkpoint
 from napari_covidseg.sample import make_phantom
 from napari_covidseg.training.finetune import (

@@ -179,7 +179,7 @@ def test_class_argmax_matches_torch_argmax_including_ties():
 
 
 def test_segmenting_more_than_memory_allows_is_refused_up_front(tiny_unet, monkeypatch):
-    from napari_covidseg.io.nifti import display_volume
+    from napari_covidseg.io.volume import display_volume
 
     monkeypatch.setenv("COVIDSEG_MEMORY_LIMIT_MB", "50")
     vol = display_volume(np.full((200, 256, 256), -1000.0, np.float32), (1.0, 1.0, 1.0), "big", "HU")

@@ -16,7 +16,7 @@ import numpy as np
 
 from napari_covidseg.errors import InputError
 from napari_covidseg.io import _looks_like_dicom, is_supported, load_ct
-from napari_covidseg.io.nifti import IMAGE_SUFFIXES
+from napari_covidseg.io.images import IMAGE_SUFFIXES
 from napari_covidseg.io.writers import save_labels
 from napari_covidseg.layers import geometry_volume, image_layer_data, labels_layer_kwargs
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import signal
 import sys
 from pathlib import Path
 
@@ -79,29 +79,28 @@ def _load(path: str):
     return volume
 
 
-def _check_output(output: str) -> None:
-    """A NIfTI output name that can be written, checked before any work is done."""
-    path = Path(output)
-    if not path.name.endswith((".nii.gz", ".nii")):
-        raise InputError(f"{output}: output must end in .nii.gz or .nii")
-    if path.is_dir():
-        raise InputError(f"{output}: is a folder; give a file name ending in .nii.gz")
-    if len(os.fsencode(path.name)) > 255:
-        raise InputError(f"{output}: file name too long (at most 255 bytes)")
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise InputError(f"{output}: cannot write there, {ancestor} is a file, not a folder")
+def _check_outputs(args: argparse.Namespace, *outputs, inputs=()) -> None:
+    """Every output checked before any work starts (writable, in a folder, not an input: see io/outputs.py)."""
+    from napari_covidseg.io.outputs import check_outputs
+
+    model_files = []
+    if getattr(args, "checkpoint", None):
+        weights = Path(args.checkpoint)
+        model_files = [weights, weights.with_suffix(".json")]
+    check_outputs(outputs, [*inputs, *model_files])
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from napari_covidseg.inference import segment_volume
     from napari_covidseg.io import save_labels
+    from napari_covidseg.io.outputs import NIFTI_SUFFIXES, Output
 
-    _check_output(args.output)
-    if args.lungs_out:
-        _check_output(args.lungs_out)
+    _check_outputs(
+        args,
+        Output("-o", args.output, NIFTI_SUFFIXES),
+        Output("--lungs-out", args.lungs_out, NIFTI_SUFFIXES),
+        inputs=[args.input],
+    )
     volume = _load(args.input)
     framing = _framing(args)
     if args.lungs_out and volume.intensity != "HU":
@@ -146,7 +145,9 @@ def _print_lesion_line(name: str, summary: dict) -> None:
 def cmd_classify(args: argparse.Namespace) -> int:
     from napari_covidseg.inference import classify_volume
     from napari_covidseg.io import save_array
+    from napari_covidseg.io.outputs import NIFTI_SUFFIXES, Output
 
+    _check_outputs(args, Output("--cam", args.cam, NIFTI_SUFFIXES), inputs=[args.input])
     volume = _load(args.input)
     model = _model(args, DEFAULT_CLASSIFICATION_MODEL, "classification")
     bar, update = _progress_bar("classify")
@@ -171,11 +172,15 @@ def cmd_quantify(args: argparse.Namespace) -> int:
 
     if args.mask and (args.model or args.checkpoint):
         raise InputError("--mask gives the lesions; it cannot be combined with --model or --checkpoint")
-    if args.lungs_out and not args.lungs_out.endswith((".nii.gz", ".nii")):
-        raise InputError(f"--lungs-out must end in .nii.gz or .nii, got {args.lungs_out!r}")
-    for option, value in (("--csv", args.csv), ("--report", args.report), ("--lungs-out", args.lungs_out)):
-        if value and Path(value).is_dir():
-            raise InputError(f"{option} {value}: is a folder, not a file")
+    from napari_covidseg.io.outputs import NIFTI_SUFFIXES, Output
+
+    _check_outputs(
+        args,
+        Output("--csv", args.csv),
+        Output("--report", args.report),
+        Output("--lungs-out", args.lungs_out, NIFTI_SUFFIXES),
+        inputs=[args.input, args.mask],
+    )
     volume = _load(args.input)
     if volume.intensity != "HU":
         raise InputError(
@@ -265,8 +270,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise InputError(f"--arch {args.arch!r} is not a 2D segmentation network")
     out_dir = Path(args.out_dir) if args.out_dir else user_models_dir()
     check_new_model_name(args.output, out_dir)
-    if args.steps < 1 or args.batch_size < 1 or args.size < 16 or (args.crop and not 16 <= args.crop <= args.size):
-        raise InputError("need --steps >= 1, --batch-size >= 1, --size >= 16 and 16 <= --crop <= --size (0: none)")
+    _check_training_options(args, args.batch_size)
+    if not 16 <= args.size <= 1024 or (args.crop and not 16 <= args.crop <= args.size):
+        raise InputError("need 16 <= --size <= 1024 and 16 <= --crop <= --size (0: no crop)")
     config = {"base_width": args.width}
     card = new_card(args.output, args.arch, config, num_classes=len(LESION_CLASSES), size=args.size)
     data = concat([load_dataset(path, card) for path in args.data])
@@ -315,8 +321,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from napari_covidseg.training.finetune import FinetuneSettings, iter_finetune, suggest_name
 
     out_dir = Path(args.out_dir) if args.out_dir else None
-    if args.steps < 1 or args.batch_size < 1 or args.lr <= 0:
-        raise InputError("need --steps >= 1, --batch-size >= 1 and --lr > 0")
+    _check_training_options(args, args.batch_size)
     base = resolve_model(args.base, task="segmentation")  # a bad name fails before anything else
     name = args.output or suggest_name(base.card.name, out_dir)
     settings = FinetuneSettings(steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
@@ -360,6 +365,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     from napari_covidseg.models.checkpoint import user_models_dir
     from napari_covidseg.training.classifier import format_loo_table, parse_size, run_train_classifier
 
+    _check_training_options(args, 1)
     out_dir = Path(args.out_dir) if args.out_dir else user_models_dir()
     run = run_train_classifier(
         args.data,
@@ -384,7 +390,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     from napari_covidseg.models import list_architectures
     from napari_covidseg.models.checkpoint import list_checkpoints
 
-    checkpoints = list_checkpoints()
+    skipped: list[str] = []
+    checkpoints = list_checkpoints(skipped=skipped)
+    for line in skipped:
+        print(f"covidseg: note: model card skipped: {line}", file=sys.stderr)
     print("Architectures (name, task, paper) and the trained weights installed for each:")
     for arch in list_architectures():
         print(f"\n{arch.name}  [{arch.task}, {arch.spatial_dims}D]  {arch.summary}")
@@ -404,9 +413,21 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from napari_covidseg.sample import write_sample
 
-    shape = tuple(int(v) for v in args.shape.split(","))
+    try:
+        shape = tuple(int(v) for v in args.shape.split(","))
+    except ValueError:
+        shape = ()
     if len(shape) != 3 or min(shape) < 1:
         raise InputError(f"--shape must be three positive integers z,y,x, got {args.shape!r}")
+    if min(shape[1:]) < 32 or max(shape) > 4096:
+        raise InputError(f"--shape {args.shape}: slices must be 32 to 4096 pixels a side and at most 4096 slices")
+    from napari_covidseg.memory import check_fits
+    from napari_covidseg.units import dims, volume_bytes
+
+    check_fits(volume_bytes(shape, 16), f"a {dims(shape)} phantom")  # CT, masks and the working copies
+    from napari_covidseg.io.outputs import Output, check_outputs
+
+    check_outputs([Output("-o", args.output, folder=True)])
     paths = write_sample(Path(args.output), seed=args.seed, shape=shape)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
@@ -556,11 +577,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CLI_TRAIN_NAMES = ("--lr", "--steps", "--batch-size")
+
+
+class Terminated(BaseException):
+    """SIGTERM as an exception, so that ``finally`` blocks remove temporary files before the process ends."""
+
+
+def _check_training_options(args: argparse.Namespace, batch_size: int) -> None:
+    from napari_covidseg.training.loop import check_hyperparameters
+
+    check_hyperparameters(args.lr, args.steps, batch_size, names=CLI_TRAIN_NAMES)
+    if args.lr == 0:
+        raise InputError("--lr 0 would leave the model as it is; give a positive learning rate (e.g. 3e-4)")
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): return the code instead of exiting
         return int(exc.code or 0)
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (main() called from a worker): leave signals alone
+        previous = None
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except InputError as exc:  # includes CheckpointError
@@ -573,6 +625,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("covidseg: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("covidseg: terminated (SIGTERM); nothing partial was left behind", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

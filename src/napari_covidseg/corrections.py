@@ -13,17 +13,25 @@ source scan in any viewer, and ``training.datasets.load_corrections`` reads the 
 Atomicity: every file (NIfTI, index, autosave) is written to a temporary file in the same folder and moved into
 place with ``os.replace``, so a crash or error mid-write leaves the previous version intact and no partial file
 under the final name. The index is rewritten only after both files of a pair are in place; a pair without an
-index entry is harmless (``list_corrections`` only reports indexed pairs whose files both exist). Several
-processes writing one folder at the same time are not coordinated (last index write wins).
+index entry is harmless (``list_corrections`` only reports indexed pairs whose files both exist).
+
+Several processes may save into one folder at once: every read-modify-write of the index holds an exclusive lock
+on ``.corrections.lock`` (``fcntl.flock``; an ``O_EXCL`` lock file where there is no flock), and re-reads the index
+under the lock, so every pair written is indexed. A damaged index (not JSON, too large or deeply nested, not an
+object) is never overwritten: it is renamed ``corrections.json.damaged-<time>`` and a new index is rebuilt from the
+image/mask pairs on disk, with a note (the ``notes`` list of :func:`list_corrections`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import operator
+import os
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +46,10 @@ from napari_covidseg.io.writers import save_array, save_labels, write_atomic
 from napari_covidseg.paths import data_home
 
 INDEX_NAME = "corrections.json"
+LOCK_NAME = ".corrections.lock"
 AUTOSAVE_DIR = "autosave"
+MAX_INDEX_BYTES = 64 * 1024 * 1024  # ~200 000 entries
+LOCK_TIMEOUT_S = 60.0
 
 
 def default_corrections_dir() -> Path:
@@ -91,17 +102,23 @@ class CorrectionEntry:
 
 
 def save_corrections(
-    folder: str | Path, volume: CTVolume, labels: np.ndarray, slices: Iterable[int], *, model: str = ""
+    folder: str | Path,
+    volume: CTVolume,
+    labels: np.ndarray,
+    slices: Iterable[int],
+    *,
+    model: str = "",
+    notes: list[str] | None = None,
 ) -> list[CorrectionEntry]:
     """Store slices ``slices`` of ``labels`` (z, y, x, display order, ints 0..255) with their CT slices.
 
     All input is validated before anything is written. Per slice: image, mask, then index, each atomically.
-    Saving a scan+slice again replaces exactly that pair and its index entry."""
+    Saving a scan+slice again replaces exactly that pair and its index entry. ``notes`` gets a line when a damaged
+    index had to be set aside and rebuilt."""
     labels = _check_labels(labels, volume)
     zs = sorted({_slice_index(z, volume.shape[0]) for z in slices})
     folder = Path(folder)
     scan = scan_key(volume)
-    index = _read_index(folder)
     written = []
     for z in zs:
         key = correction_key(scan, z)
@@ -111,18 +128,27 @@ def save_corrections(
         save_labels(mask, part, folder / "masks" / f"{key}.nii.gz")
         saved = datetime.now().isoformat(timespec="seconds")
         entry = CorrectionEntry(key, scan, z, volume.source, saved, model, [int(v) for v in np.unique(mask)])
-        index[key] = asdict(entry)
-        _write_json(folder / INDEX_NAME, index)
+        with _index_lock(folder):  # re-read under the lock: another process may have added entries meanwhile
+            index = _read_index(folder, notes)
+            index[key] = asdict(entry)
+            _write_json(folder / INDEX_NAME, index)
         written.append(entry)
     return written
 
 
-def list_corrections(folder: str | Path) -> list[CorrectionEntry]:
-    """Indexed corrections whose image and mask files both exist, sorted by key ([] if none or unreadable)."""
+def list_corrections(folder: str | Path, notes: list[str] | None = None) -> list[CorrectionEntry]:
+    """Indexed corrections whose image and mask files both exist, sorted by key ([] if none).
+
+    A damaged index is set aside and rebuilt from the pairs on disk first; ``notes`` gets a line saying so."""
     folder = Path(folder)
     out = []
     names = {f.name for f in fields(CorrectionEntry)}
-    for key, item in _read_index(folder).items():
+    if (folder / INDEX_NAME).exists():
+        with _index_lock(folder):
+            index = _read_index(folder, notes)
+    else:
+        index = {}
+    for key, item in index.items():
         try:
             entry = CorrectionEntry(**{k: v for k, v in item.items() if k in names})
         except (TypeError, AttributeError):
@@ -137,10 +163,11 @@ def delete_correction(folder: str | Path, key: str) -> bool:
     if not key or Path(key).name != key or key.startswith("."):
         raise InputError(f"{key!r} is not a correction key")
     folder = Path(folder)
-    index = _read_index(folder)
-    found = index.pop(key, None) is not None
-    if found:
-        _write_json(folder / INDEX_NAME, index)  # first the index, so no listed entry lacks its files
+    with _index_lock(folder):
+        index = _read_index(folder)
+        found = index.pop(key, None) is not None
+        if found:
+            _write_json(folder / INDEX_NAME, index)  # first the index, so no listed entry lacks its files
     for path in _pair_paths(folder, key):
         if path.is_file():
             path.unlink()
@@ -232,12 +259,104 @@ def _pair_paths(folder: Path, key: str) -> tuple[Path, Path]:
     return folder / "images" / f"{key}.nii.gz", folder / "masks" / f"{key}.nii.gz"
 
 
-def _read_index(folder: Path) -> dict[str, dict]:
-    try:
-        data = json.loads((folder / INDEX_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+def _read_index(folder: Path, notes: list[str] | None = None) -> dict[str, dict]:
+    """The index (call with :func:`_index_lock` held); {} when there is none; a damaged one is set aside and
+    rebuilt from the pairs on disk (and the rebuilt index written)."""
+    from napari_covidseg.jsonio import JSONFileError, read_json
+
+    path = folder / INDEX_NAME
+    if not path.exists() and not path.is_symlink():
         return {}
-    return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+    try:
+        data = read_json(path, max_bytes=MAX_INDEX_BYTES)
+        problem = None if isinstance(data, dict) else "not a JSON object"
+    except JSONFileError as exc:
+        data, problem = None, str(exc)
+    if problem is None:
+        return {k: v for k, v in data.items() if isinstance(v, dict)}
+    kept = _set_aside(path)
+    index = _rebuild_index(folder)
+    _write_json(path, index)
+    note = (
+        f"{path}: the corrections index was damaged ({problem}); kept as {kept.name} and rebuilt from the "
+        f"{len(index)} image/mask pairs in the folder"
+    )
+    if notes is not None:
+        notes.append(note)
+    return index
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<name>.damaged-<time>[-n]`` (never over an existing file) and return the new path."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    target, n = path.with_name(f"{path.name}.damaged-{stamp}"), 1
+    while target.exists() or target.is_symlink():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    os.replace(path, target)
+    return target
+
+
+def _rebuild_index(folder: Path) -> dict[str, dict]:
+    """Index entries for every image/mask pair on disk (scan and slice from the key, classes from the mask)."""
+    from napari_covidseg.io.labels import load_labels
+
+    index: dict[str, dict] = {}
+    images = folder / "images"
+    for image in sorted(images.glob("*.nii.gz")) if images.is_dir() else []:
+        key = image.name[: -len(".nii.gz")]
+        mask = folder / "masks" / image.name
+        match = re.fullmatch(r"(.+)_z(\d{4,})", key)
+        if not match or not mask.is_file():
+            continue
+        try:
+            classes = [int(v) for v in np.unique(load_labels(mask))]
+        except InputError:
+            continue
+        saved = datetime.fromtimestamp(mask.stat().st_mtime).isoformat(timespec="seconds")
+        index[key] = asdict(CorrectionEntry(key, match.group(1), int(match.group(2)), "", saved, "", classes))
+    return index
+
+
+@contextlib.contextmanager
+def _index_lock(folder: Path) -> Iterator[None]:
+    """Exclusive lock of the folder's index for one read-modify-write (waits up to ``LOCK_TIMEOUT_S``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    try:
+        import fcntl
+    except ImportError:  # Windows: an O_EXCL lock file
+        fcntl = None
+    if fcntl is not None:
+        with open(lock, "a+b") as fh:
+            deadline = time.monotonic() + LOCK_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise InputError(f"{folder}: the corrections index stayed locked by another process") from None
+                    time.sleep(0.01)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            if time.monotonic() > deadline:
+                raise InputError(f"{folder}: the corrections index stayed locked ({lock} exists)") from None
+            time.sleep(0.01)
+    try:
+        yield
+    finally:
+        os.close(fd)
+        lock.unlink(missing_ok=True)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -13,8 +13,7 @@ import numpy as np
 
 from napari_covidseg.constants import LESION_CLASSES, LESION_COLOURS, LUNG_WINDOW
 from napari_covidseg.errors import InputError
-from napari_covidseg.io.nifti import display_volume
-from napari_covidseg.io.volume import CTVolume
+from napari_covidseg.io.volume import CTVolume, display_volume
 
 GEOMETRY_KEY = "covidseg"
 # Voxels this far below 0 only occur in Hounsfield units (air is -1000 HU); 8-bit images never go below 0.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from napari_covidseg.constants import DEFAULT_BATCH_SIZE
 from napari_covidseg.errors import InputError
-from napari_covidseg.io.checks import format_bytes, volume_bytes
+from napari_covidseg.units import format_bytes, volume_bytes
 
 __all__ = [
     "available_bytes",

@@ -58,7 +58,7 @@ class Phantom:
 
     def volume(self, name: str = "phantom"):
         """The CT as a :class:`~napari_covidseg.io.CTVolume` (on disk: voxel order x, y, z; axis codes L, P, S)."""
-        from napari_covidseg.io.nifti import display_volume
+        from napari_covidseg.io.volume import display_volume
 
         return display_volume(self.ct, self.spacing, name, "HU", {"format": "phantom"})
 

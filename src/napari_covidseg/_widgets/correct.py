@@ -279,7 +279,9 @@ class CorrectWidget(QWidget):
             if not slices:
                 raise InputError("no edited slices yet: paint, fill or erase, or mark a slice as checked")
             folder = self._folder()
-            entries = save_corrections(folder, volume, labels, slices, model=self._watched.metadata.get("model", ""))
+            notes: list[str] = []
+            model = self._watched.metadata.get("model", "")
+            entries = save_corrections(folder, volume, labels, slices, model=model, notes=notes)
             clear_autosave(folder, volume)
         except (InputError, CheckpointError, OSError) as exc:
             self._say(f"saving failed, nothing was lost: {readable(exc)}", error=True)
@@ -289,7 +291,8 @@ class CorrectWidget(QWidget):
         total = len(list_corrections(folder))
         self._refresh_list()
         self.restore_button.setVisible(False)
-        self._say(f"saved {len(entries)} corrected slice(s) to {folder} ({total} in the folder)", info=True)
+        done = f"saved {len(entries)} corrected slice(s) to {folder} ({total} in the folder)"
+        self._say("; ".join([done, *notes]), info=True)
 
     def _offer_restore(self, *_) -> None:
         """Show 'Restore autosaved edits' when the chosen CT has unsaved edits from an earlier session."""

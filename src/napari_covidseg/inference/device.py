@@ -20,6 +20,11 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise InputError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from exc
+    if dev.type not in ("cpu", "cuda", "mps"):  # meta, xpu, hpu, ...: not devices this tool computes on
+        raise InputError(f"device {device!r} is not supported (use auto, cpu, cuda, cuda:N or mps)")
+    if dev.type == "cuda" and torch.cuda.is_available() and dev.index is not None:
+        if dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPU(s) here (cuda:0 ...)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' requested but no CUDA GPU is available here; use --device cpu or auto")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):

@@ -230,6 +230,9 @@ def iter_segment(
         ys, xs = body_box(volume.array, volume.intensity)
         boxes = [(ys, xs)] * z
         meta["body_box"] = [ys.start, ys.stop, xs.start, xs.stop]
+    inserted, inserted_axis = volume.meta.get("inserted_slices", []), volume.meta.get("inserted_axis", 0)
+    if inserted and inserted_axis == 0:  # slices the reader inserted for missing files hold no image
+        boxes = [None if k in set(inserted) else b for k, b in enumerate(boxes)]
     todo = [k for k in range(z) if boxes[k] is not None]
     if region is not None:  # the lung step is done; slices without lung count as done
         yield Progress(z - len(todo), z, "segmenting")
@@ -265,6 +268,16 @@ def iter_segment(
                     probs[k, 1:, ys, xs][:, dropped] = 0.0
                     probs[k, 0, ys, xs][dropped] = 1.0
         yield Progress(z - len(todo) + b0 + len(ks), z, "segmenting")
+    if inserted:
+        index = [slice(None)] * 3
+        index[inserted_axis] = list(inserted)
+        labels[tuple(index)] = 0
+        if probs is not None:
+            pindex = [slice(None)] * 4
+            pindex[0 if inserted_axis == 0 else inserted_axis + 1] = list(inserted)
+            probs[tuple(pindex)] = 0.0
+            pindex[1] = 0
+            probs[tuple(pindex)] = 1.0
     return Segmentation(
         labels,
         card,

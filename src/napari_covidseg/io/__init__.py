@@ -12,10 +12,12 @@ import os
 from pathlib import Path
 
 from napari_covidseg.errors import InputError
-from napari_covidseg.io.checks import check_slice_size
+from napari_covidseg.io.checks import check_slice_size, validate_scan
 from napari_covidseg.io.dicom import read_dicom
-from napari_covidseg.io.nifti import IMAGE_SUFFIXES, read_image, read_image_folder, read_nifti, read_npy
-from napari_covidseg.io.volume import CTVolume, source_stem
+from napari_covidseg.io.images import IMAGE_SUFFIXES, read_image, read_image_folder
+from napari_covidseg.io.nifti import read_nifti
+from napari_covidseg.io.npy import read_npy
+from napari_covidseg.io.volume import CTVolume, RawScan, source_stem, to_volume
 from napari_covidseg.io.writers import save_array, save_labels
 
 __all__ = ["CTVolume", "load_ct", "save_array", "save_labels", "source_stem", "is_supported"]
@@ -26,12 +28,15 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 def load_ct(path: str | Path) -> CTVolume:
     """Load a CT scan (NIfTI, DICOM folder/file, PNG/JPG, .npy) in display orientation with its geometry.
 
-    Anything unusable (missing, unreadable, truncated, corrupt, not a greyscale CT, too large for the memory, slices
-    under 8x8 pixels) raises :class:`InputError` with a message that names the file and the problem.
+    One module per format reads the voxels and their geometry (``nifti``, ``dicom``, ``images``, ``npy``); the result
+    then passes :func:`~napari_covidseg.io.checks.validate_scan` once. Anything unusable (missing, unreadable,
+    truncated, corrupt, not a greyscale CT, too large for the memory, slices under 8x8 pixels, an implausible voxel
+    size) raises :class:`InputError` with a message that names the file and the problem.
     """
     path = Path(path)
     try:
-        volume = _load(path)
+        raw = _load(path)
+        volume = to_volume(raw, validate_scan(raw.disk, raw.affine, str(path)))  # the one validation pass
     except InputError:
         raise
     except OSError as exc:  # permissions, names too long, I/O errors while reading
@@ -43,7 +48,7 @@ def load_ct(path: str | Path) -> CTVolume:
     return volume
 
 
-def _load(path: Path) -> CTVolume:
+def _load(path: Path) -> RawScan:
     if not path.exists():
         if path.is_symlink():
             target = os.readlink(path)

@@ -18,9 +18,13 @@ def to_display(disk_array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, 
 
     Returns the display array and the orientation transform (``ornt``) that produced it.
     """
-    current = nio.io_orientation(affine)
-    ornt = nio.ornt_transform(current, nio.axcodes2ornt(DISPLAY_AXCODES))
+    ornt = display_ornt(affine)
     return np.ascontiguousarray(nio.apply_orientation(disk_array, ornt)), ornt
+
+
+def display_ornt(affine: np.ndarray) -> np.ndarray:
+    """The orientation transform (rows: disk axis -> (display axis, flip)) that :func:`to_display` applies."""
+    return nio.ornt_transform(nio.io_orientation(affine), nio.axcodes2ornt(DISPLAY_AXCODES))
 
 
 def to_disk(display_array: np.ndarray, ornt: np.ndarray) -> np.ndarray:

@@ -70,3 +70,58 @@ def source_stem(path: str | Path) -> str:
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return name
+
+
+@dataclass
+class RawScan:
+    """What a format reader returns: the voxels in on-disk order and their geometry, before validation.
+
+    Attributes:
+        disk: the voxel array as stored (any numeric dtype; 2-D or 3-D, NIfTI may add axes of length 1).
+        affine: 4x4 voxel-to-world (RAS+, mm) matrix of ``disk``.
+        source: the file or folder read.
+        meta: format, tags, notes; ``intensity``: "HU", "display" or None (guessed from the values).
+    """
+
+    disk: np.ndarray
+    affine: np.ndarray
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    intensity: Intensity | None = None
+
+
+def display_order_scan(array_zyx: np.ndarray, spacing_zyx, source: str, intensity, meta: dict | None = None):
+    """A :class:`RawScan` for an array already in display order (images, .npy, napari layers, the phantom).
+
+    On disk the voxel order is (x, y, z) with an LPS-like affine ``diag(-sx, -sy, sz)``, so that saving writes a
+    NIfTI any viewer shows in the same orientation.
+    """
+    sz, sy, sx = (float(s) for s in spacing_zyx)
+    array_zyx = np.asarray(array_zyx)
+    if array_zyx.ndim == 2:
+        array_zyx = array_zyx[np.newaxis]
+    affine = np.diag([-sx, -sy, sz, 1.0])
+    return RawScan(np.ascontiguousarray(array_zyx.transpose(2, 1, 0)), affine, source, dict(meta or {}), intensity)
+
+
+def to_volume(raw: RawScan, array: np.ndarray | None = None) -> CTVolume:
+    """The :class:`CTVolume` of a raw scan (``array``: its validated disk-order voxels, default ``raw.disk``)."""
+    from napari_covidseg.io.checks import guess_intensity
+    from napari_covidseg.io.orientation import display_spacing, to_display
+
+    disk = raw.disk if array is None else array
+    display, ornt = to_display(disk, raw.affine)
+    meta = {"ornt": ornt, "disk_shape": disk.shape, **raw.meta}
+    intensity = raw.intensity or guess_intensity(display)
+    return CTVolume(display, display_spacing(raw.affine, ornt), raw.affine, intensity, raw.source, meta)
+
+
+def display_volume(
+    array_zyx: np.ndarray,
+    spacing_zyx: tuple[float, float, float],
+    source: str,
+    intensity: str,
+    meta: dict | None = None,
+) -> CTVolume:
+    """Wrap an in-memory array already in display order (napari layers, the phantom) as a CTVolume."""
+    return to_volume(display_order_scan(array_zyx, spacing_zyx, source, intensity, meta))

@@ -59,18 +59,23 @@ def temp_path_beside(path: Path, suffix: str = ".tmp") -> Path:
 
 def write_atomic(path: str | Path, write) -> Path:
     """``write(binary file)`` into a temporary file beside ``path``, flush it to disk, then ``os.replace`` it onto
-    ``path``: a crash or error leaves any previous file intact and no temporary file behind."""
+    ``path``: a crash, an error or an interruption (SIGINT; SIGTERM once the CLI turned it into an exception) leaves
+    any previous file intact and no temporary file behind. A failure to write names ``path``, not the temporary."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_beside(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path_beside(path)
         with open(tmp, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -81,12 +86,21 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def _atomic_save(img: nib.Nifti1Image, path: Path) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    tmp = temp_path_beside(path, suffix)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path_beside(path, suffix)
         nib.save(img, tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _write_error(path: Path, exc: OSError) -> InputError:
+    """One line naming the user's output (the temporary file beside it means nothing to them)."""
+    why = (exc.strerror or str(exc)).lower()
+    return InputError(f"{path}: cannot write the output ({why})")

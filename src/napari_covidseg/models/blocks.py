@@ -438,7 +438,11 @@ def crop_padding(x: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
 
 
 def init_weights(module: nn.Module) -> None:
-    """Kaiming-normal (fan-out, ReLU) convs with zero bias; unit/zero affine norms; zero linear biases."""
+    """Kaiming-normal (fan-out, ReLU) convs with zero bias; unit/zero affine norms; zero linear biases.
+
+    Nothing to initialise on the ``meta`` device (the model-card check builds there only to count parameters)."""
+    if any(p.is_meta for p in module.parameters()):
+        return
     for m in module.modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -8,6 +8,7 @@ sha256 of its weights file. Loading validates every field before any weight is r
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from napari_covidseg.errors import CheckpointError
 
 CARD_VERSION = 1
 REQUIRED_FIELDS = ("name", "architecture", "config", "task", "classes", "input_size", "intensity")
+MAX_CARD_BYTES = 1024 * 1024  # a card is a few kB
+MAX_CLASSES = 32
 
 
 @dataclass
@@ -86,13 +89,13 @@ class ModelCard:
 
     @classmethod
     def load(cls, path: str | Path) -> ModelCard:
+        from napari_covidseg.jsonio import JSONFileError, read_json
+
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: model card not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{path}: model card is not valid JSON ({exc})") from exc
+            data = read_json(path, max_bytes=MAX_CARD_BYTES)
+        except JSONFileError as exc:
+            raise CheckpointError(f"{path}: model card {exc}") from None
         return cls.from_dict(data, str(path))
 
     def validate(self, source: str = "model card") -> None:
@@ -108,7 +111,10 @@ class ModelCard:
             isinstance(self.card_version, int) and self.card_version <= CARD_VERSION,
             f"card_version {self.card_version!r} is newer than this napari-covidseg understands",
         )
-        need(isinstance(self.classes, list) and len(self.classes) >= 2, "'classes' must list at least 2 classes")
+        need(
+            isinstance(self.classes, list) and 2 <= len(self.classes) <= MAX_CLASSES,
+            f"'classes' must list 2 to {MAX_CLASSES} classes",
+        )
         for i, c in enumerate(self.classes):
             need(
                 isinstance(c, dict) and c.get("id") == i and isinstance(c.get("name"), str),
@@ -134,10 +140,13 @@ class ModelCard:
             need(
                 isinstance(win, list)
                 and len(win) == 2
-                and all(isinstance(v, (int, float)) for v in win)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in win)
                 and win[0] < win[1],
-                f"intensity.{key} must be [low, high] with low < high",
+                f"intensity.{key} must be two finite numbers [low, high] with low < high",
             )
         need(isinstance(self.training, dict) and isinstance(self.metrics, dict), "'training'/'metrics' must be objects")
         num = self.config.get("num_classes")
         need(num is None or num == len(self.classes), f"config.num_classes={num} but {len(self.classes)} classes")
+        from napari_covidseg.models.schema import check_config
+
+        check_config(self.architecture, self.config, self.task, tuple(self.input_size), self.num_classes, source)

@@ -13,12 +13,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from napari_covidseg.errors import CheckpointError
-from napari_covidseg.io.writers import default_file_mode, temp_path_beside
+from napari_covidseg.io.writers import default_file_mode, temp_path_beside, write_text_atomic
 from napari_covidseg.models.card import ModelCard
 from napari_covidseg.models.registry import get_architecture
 from napari_covidseg.paths import data_home
@@ -61,6 +62,9 @@ def save_checkpoint(model: nn.Module, card: ModelCard, folder: str | Path, *, ov
         raise CheckpointError(f"{weights}: a model named {card.name!r} already exists; choose another name")
     card.validate(card.name)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:  # a diverged run: such a model segments everything as background and looks fine
+        raise CheckpointError(f"{card.name}: not saved, {len(bad)} weight tensor(s) hold NaN or infinite values")
     tmp = temp_path_beside(weights)
     try:
         save_file(tensors, str(tmp), metadata={"name": card.name, "architecture": card.architecture})
@@ -69,9 +73,7 @@ def save_checkpoint(model: nn.Module, card: ModelCard, folder: str | Path, *, ov
         os.replace(tmp, weights)
     finally:
         tmp.unlink(missing_ok=True)
-    tmp = temp_path_beside(card_path)
-    tmp.write_text(card.to_json(), encoding="utf-8")
-    os.replace(tmp, card_path)
+    write_text_atomic(card_path, card.to_json())  # the card last: weights without a card are never listed
     return Checkpoint(card, weights)
 
 
@@ -161,20 +163,33 @@ def load_model(checkpoint: Checkpoint, *, verify_hash: bool = True) -> nn.Module
             if keys
         )
         raise CheckpointError(f"{checkpoint.weights}: weights do not match {card.architecture} ({detail})")
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(
+            f"{checkpoint.weights}: {len(bad)} weight tensor(s) hold NaN or infinite values ({', '.join(bad[:3])}"
+            f"{' …' if len(bad) > 3 else ''}): the training that made them diverged; this model cannot be used"
+        )
     model.load_state_dict(tensors, strict=True)
     return model.eval()
 
 
-def list_checkpoints(task: str | None = None) -> list[Checkpoint]:
-    """Bundled checkpoints first, then user models; unreadable cards are skipped (see :func:`read_checkpoint`)."""
+def list_checkpoints(task: str | None = None, skipped: list[str] | None = None) -> list[Checkpoint]:
+    """Bundled checkpoints first, then user models. A card that cannot be used (invalid, unreadable, a folder
+    named ``x.json``, weights missing) is skipped, never fatal; ``skipped`` collects one line per such file."""
     found: list[Checkpoint] = []
     for folder, bundled in ((BUNDLED_DIR, True), (user_models_dir(), False)):
-        if not folder.is_dir():
+        try:
+            cards = sorted(folder.glob("*.json")) if folder.is_dir() else []
+        except OSError as exc:
+            if skipped is not None:
+                skipped.append(f"{folder}: cannot be listed ({(exc.strerror or str(exc)).lower()})")
             continue
-        for card_path in sorted(folder.glob("*.json")):
+        for card_path in cards:
             try:
                 ckpt = read_checkpoint(card_path, bundled=bundled)
-            except CheckpointError:
+            except (CheckpointError, OSError) as exc:
+                if skipped is not None:
+                    skipped.append(str(exc) if isinstance(exc, CheckpointError) else f"{card_path}: {exc}")
                 continue
             if task is None or ckpt.card.task == task:
                 found.append(ckpt)
@@ -186,6 +201,11 @@ def find_checkpoint(name: str) -> Checkpoint:
     for ckpt in list_checkpoints():
         if ckpt.name == name:
             return ckpt
+    if MODEL_NAME.fullmatch(name):  # a card of that name exists but cannot be used: say why
+        for folder in (BUNDLED_DIR, user_models_dir()):
+            card_path = folder / f"{name}.json"
+            if card_path.exists() or card_path.is_symlink():
+                read_checkpoint(card_path)  # raises the card's own problem
     names = ", ".join(c.name for c in list_checkpoints()) or "none installed"
     raise CheckpointError(
         f"no trained weights named {name!r} (available: {names}); pass --checkpoint PATH.safetensors to use your own"

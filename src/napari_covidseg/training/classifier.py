@@ -28,7 +28,7 @@ from napari_covidseg.inference.classify import _resample_to_input
 from napari_covidseg.inference.device import autocast, resolve_device
 from napari_covidseg.inference.preprocess import body_box
 from napari_covidseg.io import is_supported, load_ct
-from napari_covidseg.io.nifti import IMAGE_SUFFIXES
+from napari_covidseg.io.images import IMAGE_SUFFIXES
 from napari_covidseg.io.volume import CTVolume
 from napari_covidseg.models import build_model
 from napari_covidseg.models.card import ModelCard

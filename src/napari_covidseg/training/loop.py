@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_covidseg.errors import InputError
 from napari_covidseg.inference.device import autocast, resolve_device
 from napari_covidseg.inference.segment import Cancelled
 from napari_covidseg.training.augment import NONE, Augment, augment_batch
@@ -63,6 +64,25 @@ def cosine_schedule(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sc
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
 
 
+class TrainingDiverged(InputError):
+    """The loss became NaN or infinite: the run stops and saves nothing."""
+
+
+MAX_LR = 1.0
+
+
+def check_hyperparameters(lr: float, steps: int, batch_size: int, names=("learning rate", "steps", "batch size")):
+    """One readable line for a learning rate, step count or batch size no training can use (``names``: how the
+    caller calls them, e.g. the CLI's options). A rate of 0 is allowed (nothing changes); NaN, inf, < 0 are not."""
+    lr_name, steps_name, batch_name = names
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or not 0 <= lr <= MAX_LR:
+        raise InputError(f"{lr_name} must be a number from 0 to {MAX_LR:g}, got {lr!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 10_000_000:
+        raise InputError(f"{steps_name} must be an integer from 1 to 10,000,000, got {steps!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 4096:
+        raise InputError(f"{batch_name} must be an integer from 1 to 4096, got {batch_size!r}")
+
+
 def optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
     """Backward + update through the gradient scaler (a no-op scaler off CUDA)."""
     opt.zero_grad(set_to_none=True)
@@ -79,7 +99,15 @@ def record_step(
     progress: Callable[[int, int, float], None] | None,
     should_stop: Callable[[], bool] | None,
 ) -> None:
-    """Keep the loss history, report progress, and raise :class:`Cancelled` when asked to stop."""
+    """Keep the loss history, report progress, and raise :class:`Cancelled` when asked to stop.
+
+    A loss that is NaN or infinite ends the run with :class:`TrainingDiverged`: the weights are garbage from then on,
+    and a run that saved them would give an all-background model that looks fine."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"training diverged at step {step} of {steps} (loss {loss}): the learning rate is too high for this data "
+            "or the data holds extreme values; nothing was saved"
+        )
     result.losses.append(loss)
     result.steps = step
     if progress is not None:
@@ -113,8 +141,7 @@ def iter_train_segmentation(
     """
     if len(images) == 0 or len(images) != len(labels):
         raise ValueError("need the same, non-zero number of images and labels")
-    if steps < 1:
-        raise ValueError("steps must be at least 1")
+    check_hyperparameters(lr, steps, batch_size)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}")
     settings = Augment() if augment is True else (NONE if augment is False else augment)
