@@ -18,7 +18,7 @@ from napari_covidseg.errors import InputError
 from napari_covidseg.io import _looks_like_dicom, is_supported, load_ct
 from napari_covidseg.io.images import IMAGE_SUFFIXES
 from napari_covidseg.io.writers import save_labels
-from napari_covidseg.layers import geometry_volume, image_layer_data, labels_layer_kwargs
+from napari_covidseg.layers import GEOMETRY_KEY, geometry_volume, image_layer_data, labels_layer_kwargs
 
 _FOLDER_PEEK = 64  # a folder is claimed if one of its first files looks like DICOM or an image slice
 
@@ -49,12 +49,18 @@ def read_for_napari(path: str | list[str]) -> list[tuple]:
     returns napari's "nothing to add" sentinel after the notification; anything unexpected still raises.
     """
     try:
-        return read_ct(path)
+        layers = read_ct(path)
     except InputError as exc:
         from napari.utils.notifications import show_error
 
         show_error(cause_first(str(exc)))
         return [(None,)]
+    notes = [n for _, kwargs, _ in layers for n in (kwargs.get("metadata") or {}).get("notes", [])]
+    if notes:  # what the reader repaired (slices inserted, a scout left out, a 16-bit image rescaled): say it
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"{Path(str(path)).name}: " + "; ".join(notes))
+    return layers
 
 
 def cause_first(message: str) -> str:
@@ -127,6 +133,11 @@ def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
     if not np.issubdtype(labels.dtype, np.integer):
         raise InputError(f"{attributes.get('name', 'layer')}: labels must be integers, got {labels.dtype}")
     like = geometry_volume(labels.shape, attributes.get("scale"), attributes.get("metadata"))
+    from napari_covidseg.io.outputs import NIFTI_SUFFIXES, Output, check_outputs
+
+    source = ((attributes.get("metadata") or {}).get(GEOMETRY_KEY) or {}).get("source")
+    # never over the scan the labels were drawn on (a DICOM folder's files count too)
+    check_outputs([Output("save as", out, NIFTI_SUFFIXES)], [source] if source and Path(source).exists() else [])
     save_labels(labels.reshape(like.shape), like, out)
     return [str(out)]
 

@@ -92,9 +92,12 @@ def _check_outputs(args: argparse.Namespace, *outputs, inputs=()) -> None:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from napari_covidseg.inference import segment_volume
+    from napari_covidseg.inference.segment import MAX_BATCH_SIZE
     from napari_covidseg.io import save_labels
     from napari_covidseg.io.outputs import NIFTI_SUFFIXES, Output
 
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        raise InputError(f"--batch-size must be from 1 to {MAX_BATCH_SIZE}, got {args.batch_size}")
     _check_outputs(
         args,
         Output("-o", args.output, NIFTI_SUFFIXES),
@@ -271,6 +274,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else user_models_dir()
     check_new_model_name(args.output, out_dir)
     _check_training_options(args, args.batch_size)
+    _check_width(args)
     if not 16 <= args.size <= 1024 or (args.crop and not 16 <= args.crop <= args.size):
         raise InputError("need 16 <= --size <= 1024 and 16 <= --crop <= --size (0: no crop)")
     config = {"base_width": args.width}
@@ -366,6 +370,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     from napari_covidseg.training.classifier import format_loo_table, parse_size, run_train_classifier
 
     _check_training_options(args, 1)
+    _check_width(args)
     out_dir = Path(args.out_dir) if args.out_dir else user_models_dir()
     run = run_train_classifier(
         args.data,
@@ -407,6 +412,22 @@ def cmd_models(args: argparse.Namespace) -> int:
                 print(f"        note: {c.card.notes}")
         if not mine:
             print("    weights: none installed (untrained; segment/classify need --checkpoint)")
+    return 0
+
+
+def cmd_corrections(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from napari_covidseg.corrections import default_corrections_dir, list_corrections
+
+    folder = Path(args.folder) if args.folder else default_corrections_dir()
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder (no corrections saved there yet?)")
+    notes: list[str] = []
+    entries = list_corrections(folder, notes)
+    for note in notes:
+        print(f"covidseg: note: {note}", file=sys.stderr)
+    print(json.dumps([asdict(e) for e in entries], indent=2))
     return 0
 
 
@@ -569,6 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list architectures and installed weights with their model cards")
     p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser("corrections", help="list the corrected slices in a corrections folder (repairs its index)")
+    p.add_argument("action", choices=("list",), help="list: one JSON entry per indexed image/mask pair")
+    p.add_argument("folder", nargs="?", help="corrections folder (default: the one the Correct dock uses)")
+    p.set_defaults(func=cmd_corrections)
+
     p = sub.add_parser("sample", help="write the synthetic phantom CT with its lesion and lung masks (NIfTI)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
@@ -590,6 +616,14 @@ def _check_training_options(args: argparse.Namespace, batch_size: int) -> None:
     check_hyperparameters(args.lr, args.steps, batch_size, names=CLI_TRAIN_NAMES)
     if args.lr == 0:
         raise InputError("--lr 0 would leave the model as it is; give a positive learning rate (e.g. 3e-4)")
+
+
+def _check_width(args: argparse.Namespace) -> None:
+    from napari_covidseg.models.schema import RANGES
+
+    lo, hi = RANGES["base_width"]
+    if not lo <= args.width <= hi:
+        raise InputError(f"--width must be from {lo:g} to {hi:g} channels, got {args.width}")
 
 
 def _on_sigterm(signum, frame):
@@ -614,6 +648,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
+        if getattr(args, "device", None) not in (None, "auto"):  # a bad --device fails before any work
+            from napari_covidseg.inference.device import resolve_device
+
+            resolve_device(args.device)
         return args.func(args)
     except InputError as exc:  # includes CheckpointError
         print(f"covidseg: error: {exc}", file=sys.stderr)

@@ -153,3 +153,21 @@ def test_bad_input_notification_starts_with_the_cause(make_napari_viewer, tmp_pa
     assert first_line.lower().startswith(cause), first_line
     assert first_line.endswith(path.name) or path.name in first_line  # the path comes last
     assert not first_line.startswith(str(tmp_path))
+
+
+def test_a_repaired_series_opens_with_a_notification(make_napari_viewer, tmp_path):
+    """A series with one slice file missing opens on the headers' grid (an empty slice where the file is missing),
+    and napari says so instead of hiding it in the layer's metadata."""
+    from napari.utils.notifications import notification_manager
+
+    hu = write_dicom_series(tmp_path / "series", n=6)
+    missing = next(f for f in (tmp_path / "series").iterdir() if f.name == "IM0003")  # position 100 + 2.5 * 3
+    missing.unlink()
+    viewer = make_napari_viewer()
+    before = len(notification_manager.records)
+    (layer,) = viewer.open(str(tmp_path / "series"), plugin=PLUGIN)
+    assert layer.data.shape == hu.shape  # 6 positions, 5 files
+    np.testing.assert_array_equal(layer.data[3], np.full(hu.shape[1:], -1024.0, np.float32))
+    np.testing.assert_array_equal(layer.data[4], hu[4].astype(np.float32))  # later slices keep their place
+    messages = [str(r.message) for r in notification_manager.records[before:]]
+    assert any("missing" in m and "inserted" in m for m in messages), messages

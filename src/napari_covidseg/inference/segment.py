@@ -43,6 +43,7 @@ class Progress:
 
 
 FRAMINGS = ("auto", "lungs", "whole")
+MAX_BATCH_SIZE = 1024
 LUNG_FIRST = "lungs"
 WHOLE_SLICE = "whole"
 
@@ -191,8 +192,8 @@ def iter_segment(
     back -> argmax. ``lungs``: the volume's :func:`~napari_covidseg.inference.lungfirst.find_lungs` when already
     made (two models on one scan find the lungs once).
     """
-    if batch_size < 1:
-        raise InputError("batch_size must be at least 1")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise InputError(f"batch size must be an integer from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}")
     mode, why = resolve_framing(framing, volume.intensity)
     loaded = resolve_model(model, task="segmentation")
     card, dev = loaded.card, resolve_device(device)

@@ -25,6 +25,7 @@ __all__ = [
     "check_memory",
     "check_pixel_type",
     "check_slice_size",
+    "check_spacing",
     "dims",
     "format_bytes",
     "guess_intensity",
@@ -55,7 +56,7 @@ def validate_scan(disk: np.ndarray, affine: np.ndarray, source: str) -> np.ndarr
         raise InputError(f"{source}: expected a 2-D slice or 3-D volume, got {data.ndim}-D shape {data.shape}")
     if min(data.shape) < 1:
         raise InputError(f"{source}: empty image of shape {data.shape} (no voxels)")
-    _check_spacing(affine, source)
+    check_spacing(affine, source)
     out = np.asarray(data, dtype=np.float32)
     finite = np.isfinite(out)
     if not finite.all():
@@ -64,7 +65,7 @@ def validate_scan(disk: np.ndarray, affine: np.ndarray, source: str) -> np.ndarr
     return out
 
 
-def _check_spacing(affine: np.ndarray, source: str) -> None:
+def check_spacing(affine: np.ndarray, source: str) -> None:
     zooms = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
     lo, hi = SPACING_RANGE_MM
     if not np.isfinite(zooms).all() or (zooms < lo).any() or (zooms > hi).any():

@@ -384,9 +384,14 @@ def _hu_slice(path: Path) -> np.ndarray:
 
 def _rescale(ds, path: Path, keyword: str, default: float) -> float:
     """A finite number from RescaleSlope/RescaleIntercept (absent or empty: the DICOM default), else InputError."""
-    value = ds.get(keyword)
-    raw = getattr(value, "value", value)
-    if raw is None or raw == "":
+    try:
+        element = ds.get(keyword)
+        raw = getattr(element, "value", element)
+    except (TypeError, ValueError):  # pydicom converts DS on access and may fail on text like "abc"
+        element = ds.get_item(keyword) if hasattr(ds, "get_item") else None
+        raw = getattr(element, "value", b"")
+        raw = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+    if raw is None or raw == "" or raw == b"":
         return default
     try:
         number = float(raw)

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 
 from napari_covidseg.errors import InputError
-from napari_covidseg.io.checks import check_memory, check_pixel_type, reason
+from napari_covidseg.io.checks import check_memory, check_pixel_type, check_spacing, reason
 from napari_covidseg.io.images import IMAGE_SUFFIXES  # noqa: F401  (re-exported: older imports name it here)
 from napari_covidseg.io.volume import RawScan
 from napari_covidseg.units import dims, format_bytes, volume_bytes
@@ -135,6 +135,8 @@ def _checked_affine(path: Path, img, ndim: int) -> np.ndarray:
     source = "sform" if sform_code else "qform" if int(header.get("qform_code", 0)) else "pixdim"
     if not np.isfinite(affine).all():
         raise InputError(f"{path}: the header's voxel-to-world matrix ({source}) holds NaN or infinite values")
+    if np.isfinite(affine).all() and affine[:3, :3].any():
+        check_spacing(affine, str(path))  # 1e-6 or 1e30 mm voxels: say so, not "degenerate"
     if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         what = "all zeros" if not affine[:3, :3].any() else "flat (two voxel axes point the same way)"
         raise InputError(f"{path}: the header's voxel-to-world matrix ({source}) is degenerate: {what}; fix the header")

@@ -69,7 +69,7 @@ def new_card(
     intensity = {"hu_window": [float(v) for v in hu_window], "display_window": [0, 255]}
     if intensity_note:
         intensity["note"] = intensity_note
-    return ModelCard(
+    card = ModelCard(
         name=name,
         architecture=architecture,
         config=dict(config),
@@ -79,6 +79,8 @@ def new_card(
         intensity=intensity,
         notes=notes,
     )
+    card.validate(f"model {name!r}")  # the settings are checked before anything is built
+    return card
 
 
 def iter_train_model(
