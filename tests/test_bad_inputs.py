@@ -629,10 +629,22 @@ def _check_error_line(err: str, path: Path, words: list[str]) -> str:
     return line
 
 
+def _snapshot(path: Path):
+    """Bytes of the input (every file of a folder); None for what cannot be read (a FIFO, a loop, chmod 000)."""
+    try:
+        if path.is_dir():
+            return {str(p): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+        return path.read_bytes() if path.is_file() else None
+    except OSError:
+        return None
+
+
 @pytest.mark.parametrize("case", list(CASES), indirect=True)
 def test_segment_refuses_with_one_readable_line(case, capsys):
     path, words, out = case
+    before = _snapshot(path)
     code = main(["segment", str(path), "-o", str(out), "--device", "cpu"])
+    assert _snapshot(path) == before, "the input changed"
     captured = capsys.readouterr()
     assert code == 2, captured.err
     _check_error_line(captured.err, path, words)

@@ -333,6 +333,21 @@ def out_name_too_long(d):
     return Case(seg(c, d / ("x" * 300 + ".nii.gz")), 2, ["too long"], [c])
 
 
+@case
+def train_out_dir_is_a_file(d):
+    _corrections(d)
+    (d / "afile").write_text("x")
+    argv = ["train", str(d / "corrections"), "-o", "m1", "--out-dir", str(d / "afile"), "--steps", "1", *CPU]
+    return Case(argv, 2, ["--out-dir", "is a file"], [d / "afile"])
+
+
+@case
+def finetune_out_dir_is_a_file(d):
+    _corrections(d)
+    (d / "afile").write_text("x")
+    return Case(_finetune(d, "--out-dir", d / "afile", "--steps", "1"), 2, ["--out-dir", "is a file"], [d / "afile"])
+
+
 # ------------------------------------------------------------------------------------------------ 2. geometry
 
 

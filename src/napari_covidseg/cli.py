@@ -272,6 +272,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if arch.task != "segmentation" or arch.spatial_dims != 2:
         raise InputError(f"--arch {args.arch!r} is not a 2D segmentation network")
     out_dir = Path(args.out_dir) if args.out_dir else user_models_dir()
+    _check_outputs(args, _model_folder(args))
     check_new_model_name(args.output, out_dir)
     _check_training_options(args, args.batch_size)
     _check_width(args)
@@ -325,6 +326,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from napari_covidseg.training.finetune import FinetuneSettings, iter_finetune, suggest_name
 
     out_dir = Path(args.out_dir) if args.out_dir else None
+    _check_outputs(args, _model_folder(args))
     _check_training_options(args, args.batch_size)
     base = resolve_model(args.base, task="segmentation")  # a bad name fails before anything else
     name = args.output or suggest_name(base.card.name, out_dir)
@@ -371,6 +373,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
     _check_training_options(args, 1)
     _check_width(args)
+    _check_outputs(args, _model_folder(args))
     out_dir = Path(args.out_dir) if args.out_dir else user_models_dir()
     run = run_train_classifier(
         args.data,
@@ -616,6 +619,13 @@ def _check_training_options(args: argparse.Namespace, batch_size: int) -> None:
     check_hyperparameters(args.lr, args.steps, batch_size, names=CLI_TRAIN_NAMES)
     if args.lr == 0:
         raise InputError("--lr 0 would leave the model as it is; give a positive learning rate (e.g. 3e-4)")
+
+
+def _model_folder(args: argparse.Namespace):
+    """The folder a new model goes to, as an output to check (None: the user models folder)."""
+    from napari_covidseg.io.outputs import Output
+
+    return Output("--out-dir", args.out_dir, folder=True)
 
 
 def _check_width(args: argparse.Namespace) -> None:
