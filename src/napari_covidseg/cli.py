@@ -280,17 +280,33 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise InputError("need 16 <= --size <= 1024 and 16 <= --crop <= --size (0: no crop)")
     config = {"base_width": args.width}
     card = new_card(args.output, args.arch, config, num_classes=len(LESION_CLASSES), size=args.size)
+    if args.extra and not (0 < args.extra_share < 1 and 0 <= args.extra_weight <= 100):
+        raise InputError("need 0 < --extra-share < 1 and 0 <= --extra-weight <= 100")
+    if not 0 <= args.checkpoint_minutes <= 24 * 60:
+        raise InputError("--checkpoint-minutes must be from 0 to 1440")
+    if args.run_dir:
+        from napari_covidseg.io.outputs import Output
+
+        _check_outputs(args, Output("--run-dir", args.run_dir, folder=True), inputs=[*args.data, *args.extra])
     data = concat([load_dataset(path, card) for path in args.data])
     n_classes = max(3, int(data.labels.max()) + 1)  # background, GGO, consolidation at least
     card = new_card(args.output, args.arch, config, num_classes=n_classes, size=args.size)
+    extra = None
+    if args.extra:
+        from napari_covidseg.training.datasets import load_soft_lesions
+
+        extra = concat([load_soft_lesions(path, card) for path in args.extra])
     print(f"covidseg: training {args.arch} on {len(data)} slices: {data.description}", file=sys.stderr)
+    if extra is not None:
+        print(f"covidseg: plus {len(extra)} slices with lesion-only targets: {extra.description}", file=sys.stderr)
     from tqdm import tqdm
 
     bar = tqdm(total=args.steps, desc="train", unit="step", file=sys.stderr, leave=False, disable=None)
 
     def progress(step: int, steps: int, loss: float) -> None:
-        bar.update(1)
+        bar.n = step  # a resumed run starts where it stopped
         bar.set_postfix(loss=f"{loss:.3f}")
+        bar.refresh()
 
     settings = TrainSettings(
         steps=args.steps,
@@ -299,8 +315,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         crop=args.crop or None,
         schedule=args.schedule,
         seed=args.seed,
+        extra_share=args.extra_share,
+        extra_weight=args.extra_weight,
     )
-    loaded, result = train_model(data, card, settings, device=args.device, progress=progress)
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if run_dir is not None and (run_dir / "state.pt").is_file():
+        print(f"covidseg: resuming the run in {run_dir}", file=sys.stderr)
+    loaded, result = train_model(
+        data,
+        card,
+        settings,
+        device=args.device,
+        progress=progress,
+        extra=extra,
+        run_dir=run_dir,
+        checkpoint_seconds=60.0 * args.checkpoint_minutes,
+    )
     bar.close()
     ckpt = save_checkpoint(loaded.module, card, out_dir)
     print(
@@ -545,6 +575,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", help="where to write the model (default: the user models folder)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        help="folder of extra slices with soft or hard lesion masks (Imgs/ + GT/, e.g. Inf-Net's pseudo-labels, or "
+        "images/ + masks/): they supervise lesion vs not only; repeat for several folders",
+    )
+    p.add_argument("--extra-share", type=float, default=0.5, help="fraction of each batch from --extra (default 0.5)")
+    p.add_argument("--extra-weight", type=float, default=0.5, help="weight of the --extra loss (default 0.5)")
+    p.add_argument(
+        "--run-dir",
+        help="resumable run: a checkpoint is written there every --checkpoint-minutes; the same command resumes it "
+        "(keep it outside the repository)",
+    )
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between run checkpoints")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("finetune", help="fine-tune a segmentation model on a corrections folder (a new model)")

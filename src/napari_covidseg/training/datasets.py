@@ -198,3 +198,54 @@ def contiguous_folds(n: int, k: int) -> list[int]:
     if not 2 <= k <= n:
         raise InputError(f"need 2 <= folds <= {n} items, got {k}")
     return [min(i * k // n, k - 1) for i in range(n)]
+
+
+SOFT_LESION_MAX = 255  # soft targets are stored as 0..255 (probability x 255), like Inf-Net's pseudo-label PNGs
+
+
+def load_soft_lesions(root: str | Path, card: ModelCard, *, limit: int | None = None) -> SliceDataset:
+    """Extra slices with soft "lesion vs not" targets (pseudo-labels, no class split).
+
+    ``root`` holds ``Imgs/`` + ``GT/`` (Inf-Net's layout, e.g. ../shared/data/infnet_pseudo1600: lung-cropped 8-bit
+    slices rotated like MedSeg, soft 0..255 PNG maps) or ``images/`` + ``masks/`` in display orientation. Masks are
+    read as grey levels 0..255 (a hard 0/1 mask is taken as 0/255). ``labels`` of the result hold the soft target
+    x 255 (int64 0..255, so the same geometric augmentation applies); lesion probability = label / 255.
+    """
+    from PIL import Image
+
+    root = Path(root)
+    if (root / "Imgs").is_dir() and (root / "GT").is_dir():
+        images_dir, masks_dir, rot = root / "Imgs", root / "GT", MEDSEG_ROT90_K
+    elif (root / "images").is_dir() and (root / "masks").is_dir():
+        images_dir, masks_dir, rot = root / "images", root / "masks", 0
+    else:
+        raise InputError(f"{root}: expected Imgs/ + GT/ (Inf-Net layout) or images/ + masks/ with soft lesion masks")
+    images = sorted((p for p in images_dir.iterdir() if is_supported(p)), key=_natural)
+    pairs = [(img, find_mask(masks_dir, source_stem(img))) for img in images]
+    pairs = [(img, mask) for img, mask in pairs if mask is not None][:limit]
+    if not pairs:
+        raise InputError(f"no image in {images_dir} has a mask with the same name in {masks_dir}")
+    xs, ys, names = [], [], []
+    for img, mask in pairs:
+        volume = load_ct(img)
+        if mask.suffix.lower() in (".png", ".jpg", ".jpeg"):
+            with Image.open(mask) as im:
+                soft = np.asarray(im.convert("L"), dtype=np.int64)[None]
+        else:
+            soft = load_labels(mask).astype(np.int64)
+        if soft.max(initial=0) <= 1:
+            soft = soft * SOFT_LESION_MAX
+        if soft.shape != volume.shape:
+            raise InputError(f"{mask}: mask shape {soft.shape} differs from image {volume.shape}")
+        array = volume.array
+        if rot:
+            array, soft = np.rot90(array, rot, axes=(1, 2)), np.rot90(soft, rot, axes=(1, 2))
+        x, y = prepare_array(
+            np.ascontiguousarray(array), volume.intensity, card, np.ascontiguousarray(soft), spacing=volume.spacing
+        )
+        xs.append(x)
+        ys.append(y)
+        names.append(source_stem(img))
+    return SliceDataset(
+        torch.cat(xs), torch.cat(ys), names, list(names), f"{root.name}: soft lesion targets ({len(names)})", pairs
+    )

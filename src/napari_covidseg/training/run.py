@@ -10,6 +10,7 @@ import datetime as dt
 import platform
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -21,7 +22,7 @@ from napari_covidseg.models.card import ModelCard
 from napari_covidseg.models.checkpoint import LoadedModel
 from napari_covidseg.training.augment import Augment
 from napari_covidseg.training.datasets import SliceDataset
-from napari_covidseg.training.loop import TrainResult, drive_steps, iter_train_segmentation
+from napari_covidseg.training.loop import ExtraData, TrainResult, drive_steps, iter_train_segmentation
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,22 @@ class TrainSettings:
     scale: tuple[float, float] = (0.5, 1.5)
     schedule: str = "cosine"
     seed: int = 0
+    extra_share: float = 0.5  # fraction of each batch from the soft-labelled extra data, when there is any
+    extra_weight: float = 0.5  # weight of their loss (soft_lesion_loss) next to the labelled loss
 
-    def protocol(self) -> dict:
+    def protocol(self, extra: SliceDataset | None = None) -> dict:
+        semi = {}
+        if extra is not None:
+            semi = {
+                "extra_data": extra.description,
+                "extra_slices": len(extra),
+                "extra_share_per_batch": self.extra_share,
+                "extra_weight": self.extra_weight,
+                "extra_loss": "binary cross-entropy + soft Dice of lesion probability (1 - p(background)) against "
+                "the soft target; no class split from those slices",
+            }
         return {
+            **semi,
             "optimiser": "Adam (weight decay 1e-5)",
             "loss": "cross-entropy + soft Dice over the lesion classes",
             "schedule": self.schedule,
@@ -90,12 +104,18 @@ def iter_train_model(
     *,
     device: str = "auto",
     model: torch.nn.Module | None = None,
+    extra: SliceDataset | None = None,
+    run_dir: str | Path | None = None,
+    checkpoint_seconds: float = 300.0,
 ) -> Generator[tuple[int, int, float], None, tuple[LoadedModel, TrainResult]]:
     """Train ``model`` (default: a fresh network from ``card``) on ``data``; fill ``card.training``.
 
     A generator (for napari's ``thread_worker``): yields ``(step, steps, loss)`` after every step and returns
     ``(LoadedModel, TrainResult)``; the checks below run on the first ``next()``, before any training.
     ``data`` must have been prepared for this card (same input size and intensity window).
+    ``extra``: soft lesion targets (:func:`~napari_covidseg.training.datasets.load_soft_lesions`) joining every batch
+    (``settings.extra_share``, ``settings.extra_weight``). ``run_dir``: resumable run (see
+    :func:`~napari_covidseg.training.loop.iter_train_segmentation`); the same call resumes it.
     """
     if list(data.images.shape[-2:]) != list(card.input_size):
         raise InputError(f"data prepared at {tuple(data.images.shape[-2:])}, the model takes {card.input_size}")
@@ -109,6 +129,17 @@ def iter_train_model(
     if model is None:
         model = build_model(card.architecture, num_classes=card.num_classes, **card.config)
     augment = Augment(scale=settings.scale, crop=settings.crop)
+    if extra is not None and list(extra.images.shape[-2:]) != list(card.input_size):
+        raise InputError(f"extra data prepared at {tuple(extra.images.shape[-2:])}, the model takes {card.input_size}")
+    semi = None if extra is None else ExtraData(extra.images, extra.labels, settings.extra_share, settings.extra_weight)
+    fingerprint = {
+        "architecture": card.architecture,
+        "config": card.config,
+        "classes": card.num_classes,
+        "input_size": card.input_size,
+        "protocol": settings.protocol(extra),
+        "data": [data.description, len(data)],
+    }
     result = yield from iter_train_segmentation(
         model,
         data.images,
@@ -120,6 +151,10 @@ def iter_train_model(
         device=device,
         augment=augment,
         schedule=settings.schedule,
+        extra=semi,
+        run_dir=run_dir,
+        checkpoint_seconds=checkpoint_seconds,
+        fingerprint=fingerprint,
     )
     card.training = {
         **card.training,
@@ -127,7 +162,7 @@ def iter_train_model(
         "slices": len(data),
         "images": sorted(set(data.groups)),
         "class_pixels": {LESION_CLASSES.get(k, str(k)): v for k, v in data.class_pixels().items()},
-        "protocol": settings.protocol(),
+        "protocol": settings.protocol(extra),
         "final_loss_mean_last_50": sum(result.losses[-50:]) / len(result.losses[-50:]),
         "seconds": round(result.seconds, 1),
         "device": str(next(model.parameters()).device),
@@ -147,10 +182,23 @@ def train_model(
     model: torch.nn.Module | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    extra: SliceDataset | None = None,
+    run_dir: str | Path | None = None,
+    checkpoint_seconds: float = 300.0,
 ) -> tuple[LoadedModel, TrainResult]:
     """Run :func:`iter_train_model` to the end: ``progress(step, steps, loss)`` after every step, and
     :class:`~napari_covidseg.inference.Cancelled` when ``should_stop()`` says so (nothing is saved here)."""
-    return drive_steps(iter_train_model(data, card, settings, device=device, model=model), progress, should_stop)
+    gen = iter_train_model(
+        data,
+        card,
+        settings,
+        device=device,
+        model=model,
+        extra=extra,
+        run_dir=run_dir,
+        checkpoint_seconds=checkpoint_seconds,
+    )
+    return drive_steps(gen, progress, should_stop)
 
 
 def cross_validate_fold(
