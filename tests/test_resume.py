@@ -201,3 +201,32 @@ def test_cli_train_with_extra_data_survives_kill_9(tmp_path, monkeypatch, capsys
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     card = json.loads((tmp_path / "out-b" / "semi.json").read_text())
     assert card["training"]["protocol"]["extra_slices"] == 3
+
+
+def test_soft_lesion_folders_in_both_layouts(tmp_path):
+    """Inf-Net's layout (Imgs/ + GT/, rotated like MedSeg) and images/ + masks/ (display orientation) give the same
+    slices; a hard 0/1 mask becomes 0/255; every slice keeps its soft values."""
+    import numpy as np
+
+    from napari_covidseg.training.datasets import MEDSEG_ROT90_K, load_soft_lesions
+    from napari_covidseg.training.run import new_card
+    from tests.test_hostile_inputs import png
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (60, 40)).astype(np.uint8)
+    soft = np.zeros((60, 40), np.uint8)
+    soft[10:30, 5:20] = 200
+    for layout, (a, b), rot in (("infnet", ("Imgs", "GT"), -MEDSEG_ROT90_K), ("plain", ("images", "masks"), 0)):
+        (tmp_path / layout / a).mkdir(parents=True)
+        (tmp_path / layout / b).mkdir()
+        png(tmp_path / layout / a, np.ascontiguousarray(np.rot90(img, rot)), "s1.png")
+        png(tmp_path / layout / b, np.ascontiguousarray(np.rot90(soft, rot)), "s1.png")
+    card = new_card("t", "unet", {"base_width": 4})
+    infnet, plain = (load_soft_lesions(tmp_path / name, card) for name in ("infnet", "plain"))
+    assert torch.equal(infnet.images, plain.images) and torch.equal(infnet.labels, plain.labels)
+    assert set(torch.unique(plain.labels).tolist()) <= {0, 200} and plain.labels.max() == 200
+    png(tmp_path / "plain" / "masks", (soft > 0).astype(np.uint8), "s1.png")  # a hard 0/1 mask
+    hard = load_soft_lesions(tmp_path / "plain", card)
+    assert hard.labels.max() == 255
+    with pytest.raises(InputError, match="expected Imgs"):
+        load_soft_lesions(tmp_path, card)

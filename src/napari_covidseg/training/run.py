@@ -210,11 +210,14 @@ def cross_validate_fold(
     *,
     device: str = "auto",
     progress: Callable[[int, int, float], None] | None = None,
+    extra: SliceDataset | None = None,
+    run_dir: str | Path | None = None,
 ) -> dict:
     """Train on every fold but ``fold`` and score the held-out slices exactly as ``covidseg evaluate`` does.
 
     ``folds`` gives the fold of each source image, in the order of ``data.files``. Held-out images are read back
-    from their original files and scored at their own resolution.
+    from their original files and scored at their own resolution. ``extra`` (soft lesion targets) joins the
+    training of every fold; the held-out fold stays labelled-only. ``run_dir``: resumable (see :func:`train_model`).
     """
     if len(folds) != len(data.files):
         raise InputError("need one fold number per source image")
@@ -223,7 +226,9 @@ def cross_validate_fold(
     train_idx = [i for i, g in enumerate(data.groups) if g not in held and g not in held_stems]
     if not train_idx or len(train_idx) == len(data):
         raise InputError(f"fold {fold} leaves no training or no held-out data")
-    loaded, result = train_model(data.subset(train_idx), card, settings, device=device, progress=progress)
+    loaded, result = train_model(
+        data.subset(train_idx), card, settings, device=device, progress=progress, extra=extra, run_dir=run_dir
+    )
     pairs = [p for i, p in enumerate(data.files) if folds[i] == fold]
     report = score_pairs(pairs, loaded, device=device)
     report["fold"] = fold
