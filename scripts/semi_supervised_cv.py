@@ -47,8 +47,8 @@ NETWORKS = {"unet": {"base_width": 16}, "resattunet": {"base_width": 16}}
 SCORES = ("ground-glass opacity", "consolidation", "infection")
 MODE = "mean over images"
 SELF = (
-    "pseudo-labels made by our own teacher trained on this fold's labelled training slices only (fold-clean); "
-    "teacher = the labelled run of the same fold and steps"
+    "our own teacher, trained on this fold's labelled training slices only (fold-clean): the labelled run of the "
+    "same fold and steps"
 )
 LEAK = (
     "Inf-Net's pseudo-labels come from a model trained on all 50 labelled slices, including this held-out fold: "
@@ -142,7 +142,15 @@ def write_report(out_dir: Path, report: Path) -> None:
             + " | ".join(f"{d.get(k, float('nan')):.3f}" for k in SCORES)
             + f" | {r.get('train_seconds', '')} |"
         )
-    lines += ["", "Held-out Dice along each run (the training curve; every point is the same run, evaluated):", ""]
+    plot = report.with_name("semi_supervised_curves.png")
+    draw_curves(results, plot)
+    lines += [
+        "",
+        "Held-out Dice along each run (the training curve; every point is the same run, evaluated):",
+        "",
+        f"![held-out infection Dice against steps, per variant and fold]({plot.name})",
+        "",
+    ]
     for r in sorted(results, key=lambda r: (r["architecture"], r["fold"], r["variant"])):
         points = ", ".join(f"{p['steps']}: {p.get('infection', float('nan')):.3f}" for p in r["curve"])
         lines.append(f"- {r['architecture']} fold {r['fold']} {r['variant']}, infection Dice by step: {points}")
@@ -153,6 +161,48 @@ def write_report(out_dir: Path, report: Path) -> None:
         "",
     ]
     report.write_text("\n".join(lines), encoding="utf-8")
+
+
+COLOURS = {"labelled": (40, 40, 40), "infnet-pseudo": (200, 110, 0), "self-teacher": (20, 90, 200)}
+
+
+def draw_curves(results: list[dict], path: Path) -> None:
+    """Held-out infection Dice against training steps: one line per run, coloured by variant (PIL, no matplotlib)."""
+    from PIL import Image, ImageDraw
+
+    w, h, left, right, top, bottom = 900, 520, 70, 200, 40, 60
+    im = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(im)
+    steps = max((p["steps"] for r in results for p in r["curve"]), default=1)
+
+    def xy(step: float, dice: float) -> tuple[float, float]:
+        return left + step / steps * (w - left - right), h - bottom - dice * (h - top - bottom)
+
+    d.rectangle([left, top, w - right, h - bottom], outline="black")
+    for v in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+        x, y = xy(0, v)
+        d.line([x - 5, y, x, y], fill="black")
+        d.text((x - 35, y - 6), f"{v:.1f}", fill="black")
+    for k in range(0, steps + 1, max(steps // 6, 1)):
+        x, y = xy(k, 0)
+        d.line([x, y, x, y + 5], fill="black")
+        d.text((x - 12, y + 8), str(k), fill="black")
+    d.text((left + 200, h - 25), "training steps", fill="black")
+    d.text((10, 10), "held-out infection Dice (MedSeg CV folds; mean over images)", fill="black")
+    for r in results:
+        pts = [xy(p["steps"], p.get("infection", 0.0)) for p in sorted(r["curve"], key=lambda p: p["steps"])]
+        colour = COLOURS.get(r["variant"], (120, 120, 120))
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=2)
+        for x, y in pts:
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        if pts:
+            d.text((pts[-1][0] + 6, pts[-1][1] - 6), f"{r['architecture']} f{r['fold']}", fill=colour)
+    for i, (name, colour) in enumerate(COLOURS.items()):
+        y = top + 20 + 20 * i
+        d.line([w - right + 70, y, w - right + 100, y], fill=colour, width=3)
+        d.text((w - right + 105, y - 6), name, fill=colour)
+    im.save(path)
 
 
 def main() -> None:
@@ -224,7 +274,7 @@ def main() -> None:
                     "note": {
                         "labelled": "labelled MedSeg training folds only",
                         "infnet-pseudo": LEAK,
-                        "self-teacher": SELF,
+                        "self-teacher": "the 1600 slices relabelled by " + SELF,
                     }[variant],
                 }
                 out.write_text(json.dumps(json_safe(result), indent=1) + "\n")

@@ -134,3 +134,29 @@ def test_one_time_setup_runs_once_in_a_background_thread():
     assert calls == ["covidseg-covidseg_test_warm"]  # ran once, not in the GUI thread
     warm_layer_imports()  # what the background thread and each job's first step run
     assert {"pandas", "skimage.color.colorconv"} <= set(sys.modules)
+
+
+def test_broken_cards_in_the_models_folder_do_not_break_the_dock(viewer_with_ct, qtbot, tmp_path, monkeypatch):
+    """A folder named like a card, nested JSON and a card asking for a 1000-deep network: the dock still lists
+    the bundled models and segments with them, says once what it skipped, and lists it on the rescan button."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_covidseg.models.checkpoint import user_models_dir
+
+    monkeypatch.setenv("COVIDSEG_HOME", str(tmp_path / "home"))
+    models = user_models_dir()
+    models.mkdir(parents=True)
+    (models / "x.json").mkdir()
+    (models / "deep.json").write_text("[" * 10_000)
+    for name in ("x", "deep"):  # weights beside them, so that the cards themselves are what is wrong
+        (models / f"{name}.safetensors").write_bytes(b"")
+    before = len(notification_manager.records)
+    dock = SegmentWidget(viewer_with_ct)
+    viewer_with_ct.window.add_dock_widget(dock)
+    assert dock.model.select("unet")
+    messages = [str(r.message) for r in notification_manager.records[before:]]
+    assert any("model card(s) skipped" in m and "deep.json" in m for m in messages), messages
+    assert "deep.json" in dock.model.refresh_button.toolTip() and "x.json" in dock.model.refresh_button.toolTip()
+    dock.run_button.click()
+    wait_for(qtbot, dock.runner)
+    assert dock.runner.outcome == "returned"

@@ -80,6 +80,9 @@ def _disconnect(signal, slot) -> None:
         pass
 
 
+_SKIPPED_SEEN: set[str] = set()  # broken cards already announced in this session (one notification each)
+
+
 class ModelPicker(QWidget):
     """Bundled and user models of one task; hovering an entry shows its model card; the button rescans."""
 
@@ -114,7 +117,9 @@ class ModelPicker(QWidget):
             _disconnect(models.changed, self.refresh)
             _disconnect(models.created, self._select_new)
             return
-        self._checkpoints = list_checkpoints(self.task)
+        skipped: list[str] = []
+        self._checkpoints = list_checkpoints(self.task, skipped=skipped)
+        self._note_skipped(skipped)
         self.combo.clear()
         for i, ckpt in enumerate(self._checkpoints):
             label = ckpt.name if ckpt.bundled else f"{ckpt.name} (yours)"
@@ -123,6 +128,19 @@ class ModelPicker(QWidget):
         if current:
             self.select(current)
         self._sync_tooltip(self.combo.currentIndex())
+
+    def _note_skipped(self, skipped: list[str]) -> None:
+        """Broken model cards in the models folder: listed on the refresh button, a notification when new."""
+        tip = "Rescan the model folder (for models trained since the dock opened)"
+        if skipped:
+            tip += "\n\nSkipped, cannot be used:\n" + "\n".join(skipped[:10])
+        self.refresh_button.setToolTip(tip)
+        new = [line for line in skipped if line not in _SKIPPED_SEEN]
+        if new:
+            from napari.utils.notifications import show_warning
+
+            _SKIPPED_SEEN.update(new)
+            show_warning(f"{len(new)} model card(s) skipped: " + "; ".join(new[:3]))
 
     def _sync_tooltip(self, index: int) -> None:
         self.combo.setToolTip(self.combo.itemData(index, Qt.ToolTipRole) or "")
