@@ -275,3 +275,18 @@ def test_list_and_delete(volume, phantom, tmp_path):
     assert len(list(tmp_path.glob("corrections.json.damaged-*"))) == 2  # the first one kept too
     (entry,) = corr.save_corrections(tmp_path, volume, phantom.lesions, [5])
     assert [e.key for e in corr.list_corrections(tmp_path)] == sorted([entries[2].key, entry.key])
+
+
+def test_index_lock_without_fcntl_uses_a_lock_file(volume, phantom, tmp_path, monkeypatch):
+    """Where there is no fcntl (Windows), an O_EXCL lock file serialises index updates and is removed after;
+    a stale lock file makes a save wait, then fail with one line instead of hanging."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` now raises ImportError
+    corr.save_corrections(tmp_path, volume, phantom.lesions, [1, 2])
+    assert [e.z for e in corr.list_corrections(tmp_path)] == [1, 2]
+    assert not (tmp_path / corr.LOCK_NAME).exists()
+    (tmp_path / corr.LOCK_NAME).write_text("")  # left behind by a crashed process
+    monkeypatch.setattr(corr, "LOCK_TIMEOUT_S", 0.2)
+    with pytest.raises(InputError, match="stayed locked"):
+        corr.save_corrections(tmp_path, volume, phantom.lesions, [3])

@@ -329,34 +329,45 @@ def _index_lock(folder: Path) -> Iterator[None]:
         fcntl = None
     if fcntl is not None:
         with open(lock, "a+b") as fh:
-            deadline = time.monotonic() + LOCK_TIMEOUT_S
-            while True:
+
+            def flock():
                 try:
                     fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
+                    return True
                 except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise InputError(f"{folder}: the corrections index stayed locked by another process") from None
-                    time.sleep(0.01)
+                    return None
+
+            _wait_for(flock, f"{folder}: the corrections index stayed locked by another process")
             try:
                 yield
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
         return
-    deadline = time.monotonic() + LOCK_TIMEOUT_S
-    while True:
+
+    def create():
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
+            return os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            if time.monotonic() > deadline:
-                raise InputError(f"{folder}: the corrections index stayed locked ({lock} exists)") from None
-            time.sleep(0.01)
+            return None
+
+    fd = _wait_for(
+        create, f"{folder}: the corrections index stayed locked ({lock} exists; delete it if no other save runs)"
+    )
     try:
         yield
     finally:
         os.close(fd)
         lock.unlink(missing_ok=True)
+
+
+def _wait_for(acquire, timeout_message: str):
+    """Call ``acquire()`` until it returns something other than None (every 10 ms, up to ``LOCK_TIMEOUT_S``)."""
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    while (got := acquire()) is None:
+        if time.monotonic() > deadline:
+            raise InputError(timeout_message)
+        time.sleep(0.01)
+    return got
 
 
 def _write_json(path: Path, data: dict) -> None:
