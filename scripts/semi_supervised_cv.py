@@ -142,6 +142,7 @@ def write_report(out_dir: Path, report: Path) -> None:
             + " | ".join(f"{d.get(k, float('nan')):.3f}" for k in SCORES)
             + f" | {r.get('train_seconds', '')} |"
         )
+    lines += ["", *fold_means(results), ""]
     plot = report.with_name("semi_supervised_curves.png")
     draw_curves(results, plot)
     lines += [
@@ -161,6 +162,40 @@ def write_report(out_dir: Path, report: Path) -> None:
         "",
     ]
     report.write_text("\n".join(lines), encoding="utf-8")
+
+
+def fold_means(results: list[dict]) -> list[str]:
+    """Mean (and range) over the folds every variant has finished, and each variant's change against
+    ``labelled`` fold by fold: the comparison at equal steps on the same folds."""
+    out = []
+    for arch in sorted({r["architecture"] for r in results}):
+        mine = [r for r in results if r["architecture"] == arch]
+        variants = sorted({r["variant"] for r in mine}, key=lambda v: list(COLOURS).index(v) if v in COLOURS else 9)
+        by = {(r["variant"], r["fold"]): r for r in mine}
+        folds = sorted(f for f in {r["fold"] for r in mine} if all((v, f) in by for v in variants))
+        if not folds:
+            continue
+        out += [
+            f"**{arch}, folds {', '.join(map(str, folds))} ({len(folds)} of 5), {mine[0]['steps']} steps:** mean "
+            "(min-max) held-out Dice, and the change against `labelled` on the same fold",
+            "",
+            "| variant | GGO | consolidation | infection | infection change vs labelled, per fold |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for v in variants:
+            cells = []
+            for k in SCORES:
+                vals = [by[(v, f)]["dice"][k][MODE] for f in folds]
+                cells.append(f"{sum(vals) / len(vals):.3f} ({min(vals):.2f}-{max(vals):.2f})")
+            delta = (
+                [by[(v, f)]["dice"]["infection"][MODE] - by[("labelled", f)]["dice"]["infection"][MODE] for f in folds]
+                if ("labelled", folds[0]) in by
+                else []
+            )
+            change = ", ".join(f"{d:+.3f}" for d in delta) if v != "labelled" else "—"
+            out.append(f"| {v} | " + " | ".join(cells) + f" | {change} |")
+        out.append("")
+    return out
 
 
 COLOURS = {"labelled": (40, 40, 40), "infnet-pseudo": (200, 110, 0), "self-teacher": (20, 90, 200)}
