@@ -129,20 +129,12 @@ def _framing(args: argparse.Namespace) -> str:
 
 def _print_lesion_line(name: str, summary: dict) -> None:
     """One plain line on stderr: where the lesions are, in ml and % of the lungs; then the notes."""
+    from napari_covidseg.inference.segment import summary_sentences
+
     for note in summary["notes"]:
         print(f"covidseg: note: {note}", file=sys.stderr)
-    if summary["inside_lungs_ml"] is None:
-        total = sum(summary["volume_ml"].values())
-        print(f"covidseg: {name}: {total:.1f} ml lesion (no lung mask for this image)", file=sys.stderr)
-        return
-    inside, outside = sum(summary["inside_lungs_ml"].values()), sum(summary["outside_lungs_ml"].values())
-    line = (
-        f"covidseg: {name}: {inside:.1f} ml lesion inside the lungs = {summary['lung_involved_pct']['total']:.2f} % "
-        f"of {summary['lung_ml']['total']:.0f} ml lung"
-    )
-    if outside > 0:
-        line += f"; {outside:.1f} ml more lies OUTSIDE the lungs (whole-slice segmentation)"
-    print(line, file=sys.stderr)
+    inside, outside = summary_sentences(summary)
+    print(f"covidseg: {name}: {inside}" + (f"; {outside}" if outside else ""), file=sys.stderr)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:

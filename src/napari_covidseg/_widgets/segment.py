@@ -16,7 +16,7 @@ from napari_covidseg._widgets._common import (
     new_table,
 )
 from napari_covidseg._widgets._dock import ImageJobDock
-from napari_covidseg.inference.segment import DEFAULT_BATCH_SIZE, Segmentation, iter_segment
+from napari_covidseg.inference.segment import DEFAULT_BATCH_SIZE, Segmentation, iter_segment, summary_sentences
 
 if TYPE_CHECKING:
     import napari
@@ -78,16 +78,7 @@ class SegmentWidget(ImageJobDock):
 
 def summary_text(summary: dict) -> str:
     """The dock's plain-language line under the table: % of lung involved, what lies outside, and the notes."""
-    parts = []
-    if summary["lung_ml"] is not None:
-        pct, lung = summary["lung_involved_pct"], summary["lung_ml"]
-        inside = sum(summary["inside_lungs_ml"].values())
-        parts.append(
-            f"<b>{inside:.1f} ml lesion inside the lungs = {pct['total']:.2f} % of {lung['total']:.0f} ml lung</b> "
-            f"(right {pct['right']:.2f} %, left {pct['left']:.2f} %)"
-        )
-        outside = sum(summary["outside_lungs_ml"].values())
-        if outside > 0:
-            parts.append(f"<b>{outside:.1f} ml more lies outside the lungs</b> (whole-slice segmentation)")
+    inside, outside = summary_sentences(summary)
+    parts = [f"<b>{inside}</b>"] + ([f"<b>{outside}</b>"] if outside else [])
     parts += [f"<small>{note}</small>" for note in summary["notes"]]
     return "<br>".join(parts)

@@ -145,6 +145,21 @@ class Segmentation:
         }
 
 
+def summary_sentences(summary: dict) -> tuple[str, str | None]:
+    """The plain-language figures of :meth:`Segmentation.summary` that the CLI and the Segment dock both show:
+    ("X ml lesion inside the lungs = P % of L ml lung (right .., left ..)", "Y ml more lies outside the lungs ..."
+    or None); without a lung mask, ("X ml lesion (no lung mask for this image)", None)."""
+    if summary["inside_lungs_ml"] is None:
+        return f"{sum(summary['volume_ml'].values()):.1f} ml lesion (no lung mask for this image)", None
+    pct, lung = summary["lung_involved_pct"], summary["lung_ml"]
+    inside = (
+        f"{sum(summary['inside_lungs_ml'].values()):.1f} ml lesion inside the lungs = {pct['total']:.2f} % of "
+        f"{lung['total']:.0f} ml lung (right {pct['right']:.2f} %, left {pct['left']:.2f} %)"
+    )
+    outside = sum(summary["outside_lungs_ml"].values())
+    return inside, (f"{outside:.1f} ml more lies OUTSIDE the lungs (whole-slice segmentation)" if outside > 0 else None)
+
+
 ModelRef = str | Path | Checkpoint | LoadedModel
 
 
@@ -233,7 +248,8 @@ def iter_segment(
         meta["body_box"] = [ys.start, ys.stop, xs.start, xs.stop]
     inserted, inserted_axis = volume.meta.get("inserted_slices", []), volume.meta.get("inserted_axis", 0)
     if inserted and inserted_axis == 0:  # slices the reader inserted for missing files hold no image
-        boxes = [None if k in set(inserted) else b for k, b in enumerate(boxes)]
+        skip = set(inserted)
+        boxes = [None if k in skip else b for k, b in enumerate(boxes)]
     todo = [k for k in range(z) if boxes[k] is not None]
     if region is not None:  # the lung step is done; slices without lung count as done
         yield Progress(z - len(todo), z, "segmenting")

@@ -14,7 +14,6 @@ import numpy as np
 
 from napari_covidseg.errors import InputError
 from napari_covidseg.io.checks import check_memory, check_pixel_type, check_spacing, reason
-from napari_covidseg.io.images import IMAGE_SUFFIXES  # noqa: F401  (re-exported: older imports name it here)
 from napari_covidseg.io.volume import RawScan
 from napari_covidseg.units import dims, format_bytes, volume_bytes
 
