@@ -29,12 +29,12 @@ from napari_covidseg.analysis.metrics import json_safe
 from napari_covidseg.models import build_model
 from napari_covidseg.models.checkpoint import LoadedModel
 from napari_covidseg.training.datasets import (
-    SOFT_LESION_MAX,
     SliceDataset,
     contiguous_folds,
     load_medseg,
     load_soft_lesions,
     medseg_pairs,
+    relabel_with_teacher,
 )
 from napari_covidseg.training.loop import STATE_NAME
 from napari_covidseg.training.run import TrainSettings, new_card, train_model
@@ -58,20 +58,12 @@ LEAK = (
 
 def relabel(extra: SliceDataset, arch: str, state_path: Path, device: str) -> SliceDataset:
     """The extra slices with new soft targets from our own fold teacher (a network trained on the labelled
-    training folds only, read from its finished run state): lesion probability 1 - p(background) x 255."""
+    training folds only, read from its finished run state): training.datasets.relabel_with_teacher."""
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     card = new_card(f"teacher-{arch}", arch, NETWORKS[arch])
     teacher = build_model(arch, num_classes=card.num_classes, **card.config)
     teacher.load_state_dict(state["model"])
-    teacher.eval()
-    targets = []
-    with torch.inference_mode():
-        for i in range(0, len(extra.images), 32):
-            probs = teacher(extra.images[i : i + 32]).float().softmax(dim=1)
-            targets.append(((1.0 - probs[:, 0]) * SOFT_LESION_MAX).round().long())
-    labels = torch.cat(targets)
-    description = f"{extra.description}, relabelled by our fold teacher ({state_path.parent.name})"
-    return SliceDataset(extra.images, labels, extra.names, extra.groups, description, extra.files)
+    return relabel_with_teacher(extra, LoadedModel(teacher, card), device=device, name=state_path.parent.name)
 
 
 def train_and_score(data, folds, fold, arch, variant, settings, extra, run: Path, args):

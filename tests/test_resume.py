@@ -230,3 +230,71 @@ def test_soft_lesion_folders_in_both_layouts(tmp_path):
     assert hard.labels.max() == 255
     with pytest.raises(InputError, match="expected Imgs"):
         load_soft_lesions(tmp_path, card)
+
+
+def test_teacher_relabels_extra_slices_with_its_lesion_probability():
+    """Self-training targets: 1 - p(background) of the teacher x 255, per pixel, on the student's slices; a teacher
+    of another input size sees them resized and its map comes back at the slices' size; a model that is not a
+    2D segmentation model with a background class 0 is refused."""
+    from napari_covidseg.models.checkpoint import LoadedModel
+    from napari_covidseg.training.datasets import SOFT_LESION_MAX, SliceDataset, relabel_with_teacher
+    from napari_covidseg.training.run import new_card
+
+    images, labels = _data(seed=2, n=3, side=48)
+    extra = SliceDataset(images, labels * 0, ["a", "b", "c"], ["a", "b", "c"], "extra (3)")
+    model = _model().eval()
+    teacher = LoadedModel(model, new_card("teach", "unet", {"base_width": 4, "depth": 2}, size=48))
+    out = relabel_with_teacher(extra, teacher, device="cpu", batch_size=2)
+    with torch.inference_mode():
+        expected = ((1 - model(images).softmax(dim=1)[:, 0]) * SOFT_LESION_MAX).round().long()
+    assert torch.equal(out.labels, expected) and out.labels.dtype == torch.int64
+    assert out.labels.float().std() > 0 and out.images is images and out.names == extra.names
+    assert "relabelled by teacher 'teach'" in out.description
+    small = LoadedModel(model, new_card("small", "unet", {"base_width": 4, "depth": 2}, size=32))
+    resized = relabel_with_teacher(extra, small, device="cpu")
+    assert resized.labels.shape == labels.shape and 0 <= int(resized.labels.min()) <= int(resized.labels.max()) <= 255
+    card = new_card("nobg", "unet", {"base_width": 4, "depth": 2}, size=48)
+    card.classes = [{**c, "name": n} for c, n in zip(card.classes, ("ground-glass opacity", "b", "c"), strict=True)]
+    with pytest.raises(InputError, match="not background"):
+        relabel_with_teacher(extra, LoadedModel(model, card))
+
+
+def test_cli_train_extra_teacher(tmp_path, monkeypatch, capsys):
+    """`covidseg train --extra E --extra-teacher MODEL`: the extra slices are relabelled by the teacher (recorded in
+    the card); --extra-teacher alone and a teacher that is not a segmentation model are one line, exit 2."""
+    import numpy as np
+
+    from napari_covidseg.cli import main
+    from napari_covidseg.corrections import save_corrections
+    from napari_covidseg.io import load_ct
+    from napari_covidseg.sample import write_sample
+    from tests.test_hostile_inputs import png
+
+    monkeypatch.setenv("COVIDSEG_HOME", str(tmp_path / "home"))
+    paths = write_sample(tmp_path / "s", shape=(6, 64, 64))
+    volume = load_ct(paths["ct"])
+    save_corrections(tmp_path / "data", volume, load_ct(paths["lesions"]).array.astype(np.uint8), [1, 2, 3])
+    extra = tmp_path / "extra"
+    (extra / "images").mkdir(parents=True)
+    (extra / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        png(extra / "images", rng.integers(0, 255, (48, 40)).astype(np.uint8), f"e{i}.png")
+        png(extra / "masks", np.zeros((48, 40), np.uint8), f"e{i}.png")
+    base = ["train", str(tmp_path / "data"), "--out-dir", str(tmp_path / "out"), "--steps", "2", "--width", "4"]
+    base += ["--size", "64", "--crop", "0", "--batch-size", "2", "--device", "cpu"]
+    assert main([*base, "-o", "teacher"]) == 0
+    assert (
+        main([*base, "-o", "student", "--extra", str(extra), "--extra-teacher", str(tmp_path / "out" / "teacher.json")])
+        == 0
+    )
+    card = json.loads((tmp_path / "out" / "student.json").read_text())
+    assert "relabelled by teacher 'teacher'" in card["training"]["protocol"]["extra_data"]
+    capsys.readouterr()
+    assert main([*base, "-o", "s2", "--extra-teacher", "teacher"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--extra FOLDER" in err
+    assert main([*base, "-o", "s3", "--extra", str(extra), "--extra-teacher", "daresnet18_3d"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "segmentation model is needed" in err
+    assert not (tmp_path / "out" / "s3.json").exists()

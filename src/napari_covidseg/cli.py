@@ -272,6 +272,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise InputError("need 16 <= --size <= 1024 and 16 <= --crop <= --size (0: no crop)")
     config = {"base_width": args.width}
     card = new_card(args.output, args.arch, config, num_classes=len(LESION_CLASSES), size=args.size)
+    if args.extra_teacher and not args.extra:
+        raise InputError("--extra-teacher relabels the --extra slices: give --extra FOLDER too")
     if args.extra and not (0 < args.extra_share < 1 and 0 <= args.extra_weight <= 100):
         raise InputError("need 0 < --extra-share < 1 and 0 <= --extra-weight <= 100")
     if not 0 <= args.checkpoint_minutes <= 24 * 60:
@@ -288,6 +290,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         from napari_covidseg.training.datasets import load_soft_lesions
 
         extra = concat([load_soft_lesions(path, card) for path in args.extra])
+        if args.extra_teacher:
+            from napari_covidseg.models.checkpoint import resolve_model
+            from napari_covidseg.training.datasets import relabel_with_teacher
+
+            teacher = resolve_model(args.extra_teacher, task="segmentation")
+            extra = relabel_with_teacher(extra, teacher, device=args.device)
     print(f"covidseg: training {args.arch} on {len(data)} slices: {data.description}", file=sys.stderr)
     if extra is not None:
         print(f"covidseg: plus {len(extra)} slices with lesion-only targets: {extra.description}", file=sys.stderr)
@@ -573,6 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="folder of extra slices with soft or hard lesion masks (Imgs/ + GT/, e.g. Inf-Net's pseudo-labels, or "
         "images/ + masks/): they supervise lesion vs not only; repeat for several folders",
+    )
+    p.add_argument(
+        "--extra-teacher",
+        metavar="MODEL",
+        help="self-training: replace the --extra masks by this segmentation model's lesion probability (an "
+        "installed model name or a checkpoint; a teacher that saw your validation slices leaks them)",
     )
     p.add_argument("--extra-share", type=float, default=0.5, help="fraction of each batch from --extra (default 0.5)")
     p.add_argument("--extra-weight", type=float, default=0.5, help="weight of the --extra loss (default 0.5)")

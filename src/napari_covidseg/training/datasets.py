@@ -249,3 +249,45 @@ def load_soft_lesions(root: str | Path, card: ModelCard, *, limit: int | None = 
     return SliceDataset(
         torch.cat(xs), torch.cat(ys), names, list(names), f"{root.name}: soft lesion targets ({len(names)})", pairs
     )
+
+
+def relabel_with_teacher(
+    extra: SliceDataset, teacher, *, device: str = "auto", batch_size: int = 32, name: str | None = None
+) -> SliceDataset:
+    """Self-training targets: ``extra``'s slices with soft lesion targets predicted by ``teacher``.
+
+    ``teacher`` is a 2D segmentation :class:`~napari_covidseg.models.checkpoint.LoadedModel` whose class 0 is
+    background; the new target is its lesion probability ``1 - p(background)`` x :data:`SOFT_LESION_MAX`, the same
+    lesion-only soft target as a pseudo-label PNG (loop.soft_lesion_loss). The slices must have been prepared with
+    the teacher's intensity window (they are the student's prepared slices: same window, any input size — the
+    teacher sees them resized to its own input size and its map is resized back). Used for the bundled models
+    (scripts/train_bundled.py) and ``covidseg train --extra-teacher``; a teacher trained on data that includes a
+    held-out set leaks it (scripts/semi_supervised_cv.py uses a per-fold teacher for that reason).
+    """
+    import torch.nn.functional as F
+
+    from napari_covidseg.inference.device import resolve_device
+
+    device = resolve_device(device)
+    card = teacher.card
+    if card.task != "segmentation" or len(card.input_size) != 2 or not card.class_names:
+        raise InputError(f"teacher {card.name!r} is not a 2D segmentation model")
+    if card.class_names[0].lower() != "background":
+        raise InputError(f"teacher {card.name!r}: class 0 is {card.class_names[0]!r}, not background")
+    module = teacher.module.to(device).eval()
+    size = tuple(card.input_size)
+    targets = []
+    with torch.inference_mode():
+        for i in range(0, len(extra), batch_size):
+            x = extra.images[i : i + batch_size].to(device)
+            shape = tuple(x.shape[-2:])
+            if shape != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            p = module(x).float().softmax(dim=1)[:, :1]
+            if shape != size:
+                p = F.interpolate(p, size=shape, mode="bilinear", align_corners=False)
+            targets.append(((1.0 - p[:, 0]).clamp(0, 1) * SOFT_LESION_MAX).round().long().cpu())
+    labels = torch.cat(targets) if targets else extra.labels.clone()
+    who = name or card.name
+    description = f"{extra.description}, relabelled by teacher {who!r} (lesion probability)"
+    return SliceDataset(extra.images, labels, extra.names, extra.groups, description, extra.files)
