@@ -16,6 +16,25 @@ from napari_covidseg.errors import InputError
 from napari_covidseg.io.volume import CTVolume, display_volume
 
 GEOMETRY_KEY = "covidseg"
+# What a layer made by this plugin is, in its metadata: the docks' pickers offer CT images and lesion labels only,
+# and preselect the latest lesion layer of the chosen CT (SOURCE_KEY: the name of the image layer it was made on).
+ROLE_KEY = "covidseg role"
+SOURCE_KEY = "covidseg image"
+LESIONS, LUNGS, DISAGREEMENT, CAM = "lesions", "lungs", "disagreement", "cam"
+
+
+def layer_role(layer: Any) -> str | None:
+    """The role of a layer made here (``ROLE_KEY``); layers of earlier versions are recognised by their metadata."""
+    meta = getattr(layer, "metadata", None) or {}
+    role = meta.get(ROLE_KEY)
+    if role is None:
+        if "cam class" in meta:
+            role = CAM
+        elif "models" in meta and "classes" in meta:
+            role = DISAGREEMENT
+    return role
+
+
 # Voxels this far below 0 only occur in Hounsfield units (air is -1000 HU); 8-bit images never go below 0.
 _HU_EVIDENCE = -200.0
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from psygnal import Signal
@@ -13,7 +14,18 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QPushButton, QTabl
 from napari_covidseg.constants import LESION_COLOURS, LUNG_COLOURS, LUNG_NAMES
 from napari_covidseg.errors import InputError
 from napari_covidseg.io.volume import CTVolume
-from napari_covidseg.layers import GEOMETRY_KEY, labels_layer_kwargs, volume_from_layer
+from napari_covidseg.layers import (
+    CAM,
+    DISAGREEMENT,
+    GEOMETRY_KEY,
+    LESIONS,
+    LUNGS,
+    ROLE_KEY,
+    SOURCE_KEY,
+    labels_layer_kwargs,
+    layer_role,
+    volume_from_layer,
+)
 from napari_covidseg.models.checkpoint import Checkpoint, list_checkpoints
 
 if TYPE_CHECKING:
@@ -34,30 +46,78 @@ models = _ModelEvents()
 
 
 class LayerPicker(QComboBox):
-    """A combo box of the viewer's layers of one type; keeps its choice when layers come and go or are renamed."""
+    """A combo box of the viewer's layers of one type that ``accept`` lets through, top layer first.
 
-    def __init__(self, viewer: napari.Viewer, layer_type: type, *, allow_none: bool = False, parent=None):
+    A choice made from outside (the user, or ``setCurrentText``) is kept while its layer exists, renamed or not.
+    Without one the picker preselects ``prefer``'s layer (default: the top accepted layer) and follows new layers.
+    ``image``: the CT picker this picker belongs to; changing the CT drops the choice and preselects again.
+    """
+
+    def __init__(
+        self,
+        viewer: napari.Viewer,
+        layer_type: type,
+        *,
+        allow_none: bool = False,
+        accept: Callable[[Any], bool] | None = None,
+        prefer: Callable[[list], Any] | None = None,
+        image: LayerPicker | None = None,
+        parent=None,
+    ):
         super().__init__(parent)
         self.viewer, self.layer_type, self.allow_none = viewer, layer_type, allow_none
+        self.accept, self.prefer = accept, prefer
+        self._chosen = None  # the layer chosen from outside, or None: preselect
+        self._followers: list[LayerPicker] = []  # pickers whose ``image`` is this one
         self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
+        self.currentTextChanged.connect(self._remember)
         events = viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered, events.renamed):
             event.connect(self.reset_choices)
         self.destroyed.connect(lambda *_: _disconnect_all(events, self.reset_choices))
+        if image is not None:
+            image._followers.append(self)
+        self.reset_choices()
+
+    def candidates(self) -> list:
+        return [
+            layer
+            for layer in reversed(self.viewer.layers)
+            if isinstance(layer, self.layer_type) and (self.accept is None or self.accept(layer))
+        ]
+
+    def _remember(self, text: str) -> None:
+        """currentTextChanged outside reset_choices (which blocks signals): a choice to keep."""
+        self._chosen = self.viewer.layers[text] if text and text in self.viewer.layers else None
+        self._tell_followers()
+
+    def _tell_followers(self) -> None:
+        for picker in self._followers:
+            picker._image_changed()
+
+    def _image_changed(self, *_) -> None:
+        self._chosen = None
         self.reset_choices()
 
     def reset_choices(self, *_) -> None:
-        current = self.currentText()
-        names = [layer.name for layer in reversed(self.viewer.layers) if isinstance(layer, self.layer_type)]
+        before = self.currentText()
+        layers = self.candidates()
+        names = [layer.name for layer in layers]
+        if self._chosen is not None and not any(layer is self._chosen for layer in layers):
+            self._chosen = None  # its layer is gone
+        pick = self._chosen
+        if pick is None and layers:
+            pick = self.prefer(layers) if self.prefer is not None else layers[0]
         self.blockSignals(True)
         self.clear()
         if self.allow_none:
             self.addItem(NONE_TEXT)
         self.addItems(names)
-        if current in names:
-            self.setCurrentText(current)
+        self.setCurrentText(pick.name if pick is not None else (NONE_TEXT if self.allow_none else ""))
         self.blockSignals(False)
+        if self.currentText() != before:
+            self._tell_followers()
 
     def layer(self):
         """The chosen layer, or None."""
@@ -66,6 +126,52 @@ class LayerPicker(QComboBox):
             return None
         layer = self.viewer.layers[name]
         return layer if isinstance(layer, self.layer_type) else None
+
+
+def is_ct_image(layer) -> bool:
+    """An Image layer the docks offer as a CT: not a map made from one (a CAM)."""
+    return layer_role(layer) != CAM
+
+
+def prefer_greyscale(layers: list):
+    """The top greyscale image (an RGB one is listed, for its message, but not preselected)."""
+    return next((layer for layer in layers if not getattr(layer, "rgb", False)), layers[0])
+
+
+def is_lesion_labels(layer) -> bool:
+    """A Labels layer the docks offer as lesions: not a lung mask, not a disagreement map."""
+    return layer_role(layer) not in (LUNGS, DISAGREEMENT)
+
+
+def image_picker(viewer: napari.Viewer) -> LayerPicker:
+    """The CT picker of every dock: CT images only, the top greyscale one preselected."""
+    return LayerPicker(viewer, _image_type(), accept=is_ct_image, prefer=prefer_greyscale)
+
+
+def lesion_picker(viewer: napari.Viewer, image: LayerPicker) -> LayerPicker:
+    """Lesion labels, the latest made on ``image``'s CT preselected (else the top one of its shape)."""
+
+    def prefer(layers: list):
+        ct = image.layer()
+        if ct is None:
+            return layers[0]
+        mine = [layer for layer in layers if (layer.metadata or {}).get(SOURCE_KEY) == ct.name]
+        mine = mine or [layer for layer in layers if np.shape(layer.data)[-2:] == np.shape(ct.data)[-2:]]
+        return (mine or layers)[0]
+
+    return LayerPicker(viewer, _labels_type(), accept=is_lesion_labels, prefer=prefer, image=image)
+
+
+def _image_type():
+    from napari.layers import Image
+
+    return Image
+
+
+def _labels_type():
+    from napari.layers import Labels
+
+    return Labels
 
 
 def _disconnect_all(events, slot) -> None:
@@ -224,10 +330,13 @@ def placement(layer) -> dict:
     }
 
 
-def add_lesion_labels(viewer, labels: np.ndarray, volume: CTVolume, like: dict, name: str, classes: dict, extra=None):
-    """Add a lesion Labels layer on the image described by ``like`` (2-D layers get 2-D labels back)."""
+def add_lesion_labels(
+    viewer, labels: np.ndarray, volume: CTVolume, like: dict, name: str, classes: dict, extra=None, image: str = ""
+):
+    """Add a lesion Labels layer on the image described by ``like`` (2-D layers get 2-D labels back); ``image``:
+    the name of that image layer (the pickers preselect the latest lesion layer of the chosen CT)."""
     data = labels[0] if volume.meta.get("squeezed") else labels
-    kwargs = labels_layer_kwargs(name, like, classes, extra)
+    kwargs = labels_layer_kwargs(name, like, classes, {ROLE_KEY: LESIONS, SOURCE_KEY: image, **(extra or {})})
     layer = viewer.add_labels(data, **kwargs, rotate=like["rotate"], shear=like["shear"], affine=like["affine"])
     return layer
 
@@ -236,6 +345,7 @@ def add_lung_labels(viewer, lungs: np.ndarray, volume: CTVolume, like: dict, nam
     """Add a lung mask (1 right, 2 left) as an outlined Labels layer on the image described by ``like``."""
     metadata = {k: v for k, v in like["metadata"].items() if k in (GEOMETRY_KEY, "spacing")}
     metadata["classes"] = dict(LUNG_NAMES)
+    metadata[ROLE_KEY] = LUNGS
     layer = viewer.add_labels(
         lungs[0] if volume.meta.get("squeezed") else lungs,
         name=name,

@@ -13,10 +13,9 @@ import threading
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
-from napari.layers import Image
 from qtpy.QtWidgets import QFormLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
-from napari_covidseg._widgets._common import LayerPicker, device_combo, layer_volume, placement
+from napari_covidseg._widgets._common import LayerPicker, device_combo, image_picker, layer_volume, placement
 from napari_covidseg._widgets._workers import JobRunner
 from napari_covidseg.errors import CheckpointError, InputError
 from napari_covidseg.io.volume import CTVolume
@@ -144,7 +143,7 @@ class ImageJobDock(JobDock):
 
     def __init__(self, napari_viewer: napari.Viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self.image = LayerPicker(napari_viewer, Image)
+        self.image = image_picker(napari_viewer)
         warm_in_background(warm_layer_imports)
 
     def start_job(self):

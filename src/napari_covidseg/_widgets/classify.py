@@ -12,7 +12,7 @@ from napari_covidseg._widgets._dock import ImageJobDock
 from napari_covidseg.constants import DIAGNOSIS_CLASSES, DIAGNOSIS_COLOURS
 from napari_covidseg.errors import CheckpointError, InputError
 from napari_covidseg.inference.classify import Classification, iter_classify
-from napari_covidseg.layers import GEOMETRY_KEY
+from napari_covidseg.layers import CAM, GEOMETRY_KEY, ROLE_KEY, SOURCE_KEY
 
 if TYPE_CHECKING:
     import napari
@@ -107,6 +107,7 @@ class ClassifyWidget(ImageJobDock):
         probabilities = {k: float(v) for k, v in res.probabilities.items()}
         metadata = {k: v for k, v in like["metadata"].items() if k in (GEOMETRY_KEY, "spacing")}
         metadata.update({"diagnosis probabilities": probabilities, "model": res.card.name, "cam class": res.cam_class})
+        metadata.update({ROLE_KEY: CAM, SOURCE_KEY: image_name})
         cam = np.asarray(res.cam, dtype=np.float32)
         name = f"{image_name} CAM {res.cam_class} ({res.card.name})"
         self.viewer.add_image(

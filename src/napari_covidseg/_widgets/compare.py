@@ -21,6 +21,7 @@ from napari_covidseg._widgets._common import (
     add_lesion_labels,
     fit_table_height,
     framing_of,
+    is_lesion_labels,
     lungs_checkbox,
     new_table,
 )
@@ -34,7 +35,7 @@ from napari_covidseg.analysis.compare import (
 )
 from napari_covidseg.constants import LESION_CLASSES, LESION_COLOURS
 from napari_covidseg.errors import InputError
-from napari_covidseg.layers import GEOMETRY_KEY
+from napari_covidseg.layers import DISAGREEMENT, GEOMETRY_KEY, ROLE_KEY, SOURCE_KEY
 
 if TYPE_CHECKING:
     import napari
@@ -71,7 +72,9 @@ class CompareWidget(ImageJobDock):
         super().__init__(napari_viewer, parent)
         self.model_a = ModelPicker("segmentation", default="unet")
         self.model_b = ModelPicker("segmentation", default="resattunet", follow_new=True)
-        self.reference = LayerPicker(napari_viewer, Labels, allow_none=True)
+        self.reference = LayerPicker(
+            napari_viewer, Labels, allow_none=True, accept=is_lesion_labels, prefer=lambda layers: None
+        )
         self.reference.setToolTip("Optional ground truth with the CT's shape: adds Dice of each model against it")
         self.grid = QCheckBox("grid view")
         self.grid.setToolTip("napari's grid mode: one panel per layer, cameras linked (the CT in its own panel)")
@@ -131,11 +134,18 @@ class CompareWidget(ImageJobDock):
             classes = {c["id"]: c["name"] for c in seg.card.classes}
             extra = {"model": seg.card.name, "device": seg.device}
             add_lesion_labels(
-                self.viewer, seg.labels, volume, like, f"{image_name} lesions ({seg.card.name})", classes, extra
+                self.viewer,
+                seg.labels,
+                volume,
+                like,
+                f"{image_name} lesions ({seg.card.name})",
+                classes,
+                extra,
+                image=image_name,
             )
         names = {k: v.format(a=name_a, b=name_b) for k, v in DISAGREEMENT_NAMES.items()}
         metadata = {k: v for k, v in like["metadata"].items() if k in (GEOMETRY_KEY, "spacing")}
-        metadata |= {"classes": names, "models": [name_a, name_b]}
+        metadata |= {"classes": names, "models": [name_a, name_b], ROLE_KEY: DISAGREEMENT, SOURCE_KEY: image_name}
         where = {k: like[k] for k in ("scale", "translate", "rotate", "shear", "affine")}
         features = {"index": list(names), "class": list(names.values())}
         name = f"{image_name} disagreement ({name_a} vs {name_b})"

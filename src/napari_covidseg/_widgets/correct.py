@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from napari.layers import Image, Labels
+from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor, QIcon, QPixmap
@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_covidseg._widgets._common import LayerPicker, add_lesion_labels, layer_volume, placement
+from napari_covidseg._widgets._common import add_lesion_labels, image_picker, layer_volume, lesion_picker, placement
 from napari_covidseg._widgets._session import session_for
 from napari_covidseg._widgets._workers import readable
 from napari_covidseg.constants import LESION_CLASSES, LESION_COLOURS
@@ -79,8 +79,8 @@ class CorrectWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
-        self.image = LayerPicker(napari_viewer, Image)
-        self.labels = LayerPicker(napari_viewer, Labels)
+        self.image = image_picker(napari_viewer)
+        self.labels = lesion_picker(napari_viewer, self.image)
         self.class_buttons = QButtonGroup(self)
         class_row = QHBoxLayout()
         for class_id, name in LESION_CLASSES.items():

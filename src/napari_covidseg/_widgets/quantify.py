@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from napari.layers import Labels
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QTableWidgetItem, QWidget
 
-from napari_covidseg._widgets._common import LayerPicker, add_lung_labels, fit_table_height, new_table
+from napari_covidseg._widgets._common import add_lung_labels, fit_table_height, lesion_picker, new_table
 from napari_covidseg._widgets._dock import ImageJobDock
 from napari_covidseg.analysis.quantify import SEVERITY_SCHEME, SIDES, Quantification, iter_quantify, write_csv
 from napari_covidseg.errors import InputError
@@ -42,7 +41,7 @@ class QuantifyWidget(ImageJobDock):
 
     def __init__(self, napari_viewer: napari.Viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self.lesions = LayerPicker(napari_viewer, Labels)
+        self.lesions = lesion_picker(napari_viewer, self.image)
         self.lesions.setToolTip("The lesion labels to measure (a model's result, corrected or not)")
         self.table = new_table()
         self.severity = QLabel("")

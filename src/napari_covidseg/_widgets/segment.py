@@ -61,7 +61,7 @@ class SegmentWidget(ImageJobDock):
         classes = {c["id"]: c["name"] for c in seg.card.classes}
         name = f"{image_name} lesions ({seg.card.name})"
         extra = {"model": seg.card.name, "device": seg.device, "framing": seg.framing}
-        add_lesion_labels(self.viewer, seg.labels, volume, like, name, classes, extra)
+        add_lesion_labels(self.viewer, seg.labels, volume, like, name, classes, extra, image=image_name)
         if self.show_lungs.isChecked() and seg.lungs is not None:
             add_lung_labels(self.viewer, seg.lungs, volume, like, f"{image_name} lungs")
             self.viewer.layers.selection.active = self.viewer.layers[name]  # the lesions stay the layer to edit
