@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_covidseg._widgets._common import add_lesion_labels, image_picker, layer_volume, lesion_picker, placement
+from napari_covidseg._widgets._navigate import LesionNavigator
 from napari_covidseg._widgets._session import session_for
 from napari_covidseg._widgets._workers import readable
 from napari_covidseg.constants import LESION_CLASSES, LESION_COLOURS
@@ -96,6 +97,7 @@ class CorrectWidget(QWidget):
         self.mark_button = QPushButton("Mark this slice as checked")
         self.mark_button.setToolTip("A slice you reviewed and found right is a correction too")
         self.mark_button.clicked.connect(self.mark_current_slice)
+        self.navigator = LesionNavigator(napari_viewer)
         self.folder = QLineEdit(str(self.session.folder))
         browse = QPushButton("\u2026")
         browse.setFixedWidth(28)
@@ -118,6 +120,8 @@ class CorrectWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(class_row)
+        layout.addWidget(QLabel("Lesion slices of these labels"))
+        layout.addWidget(self.navigator)
         for widget in (QLabel("Edited slices (double-click to go there)"), self.edited_list, self.mark_button):
             layout.addWidget(widget)
         for widget in (self.save_button, self.restore_button, self.status):
@@ -151,6 +155,7 @@ class CorrectWidget(QWidget):
         if layer is not None:
             layer.events.paint.connect(self._on_paint)
             layer.metadata.setdefault(EDITED_KEY, [])
+        self.navigator.set_layer(layer)
         self._refresh_list()
 
     def _unwatch(self) -> None:
@@ -213,8 +218,7 @@ class CorrectWidget(QWidget):
 
     def _go_to_slice(self, item: QListWidgetItem) -> None:
         if self._watched is not None and self._watched.data.ndim == 3:
-            z = int(item.data(Qt.UserRole))
-            self.viewer.dims.set_point(0, self._watched.data_to_world((z, 0, 0))[0])
+            self.navigator.go_to(int(item.data(Qt.UserRole)))
 
     # --- files ---
     def _folder(self) -> Path:

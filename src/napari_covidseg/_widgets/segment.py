@@ -16,6 +16,8 @@ from napari_covidseg._widgets._common import (
     new_table,
 )
 from napari_covidseg._widgets._dock import ImageJobDock
+from napari_covidseg._widgets._navigate import LesionNavigator
+from napari_covidseg.analysis.slices import lesion_voxels_per_slice
 from napari_covidseg.inference.segment import DEFAULT_BATCH_SIZE, Segmentation, iter_segment, summary_sentences
 
 if TYPE_CHECKING:
@@ -41,9 +43,10 @@ class SegmentWidget(ImageJobDock):
         self.table = new_table()
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
+        self.navigator = LesionNavigator(napari_viewer)
         fields = {"image": self.image, "model": self.model, "device": self.device, "slices per batch": self.batch}
         fields |= {"lungs": self.lungs_only, "": self.show_lungs}
-        self.lay_out(fields, [QLabel("Lesion volume (ml)"), self.table, self.summary])
+        self.lay_out(fields, [QLabel("Lesion volume (ml)"), self.table, self.summary, self.navigator])
         self.last_result: Segmentation | None = None
 
     def prepare(self, layer, volume):
@@ -52,16 +55,17 @@ class SegmentWidget(ImageJobDock):
 
         def job():
             seg = yield from iter_segment(volume, checkpoint, device=device, batch_size=batch, framing=framing)
-            return seg, seg.summary(volume.spacing)  # counted here, in the worker, not in the GUI thread
+            # counted here, in the worker, not in the GUI thread
+            return seg, seg.summary(volume.spacing), lesion_voxels_per_slice(seg.labels)
 
         return job, f"Segmenting {layer.name} with {checkpoint.name}"
 
-    def show_result(self, result: tuple[Segmentation, dict], volume, like: dict, image_name: str) -> None:
-        seg, summary = result
+    def show_result(self, result: tuple[Segmentation, dict, object], volume, like: dict, image_name: str) -> None:
+        seg, summary, counts = result
         classes = {c["id"]: c["name"] for c in seg.card.classes}
         name = f"{image_name} lesions ({seg.card.name})"
         extra = {"model": seg.card.name, "device": seg.device, "framing": seg.framing}
-        add_lesion_labels(self.viewer, seg.labels, volume, like, name, classes, extra, image=image_name)
+        layer = add_lesion_labels(self.viewer, seg.labels, volume, like, name, classes, extra, image=image_name)
         if self.show_lungs.isChecked() and seg.lungs is not None:
             add_lung_labels(self.viewer, seg.lungs, volume, like, f"{image_name} lungs")
             self.viewer.layers.selection.active = self.viewer.layers[name]  # the lesions stay the layer to edit
@@ -73,6 +77,8 @@ class SegmentWidget(ImageJobDock):
         fill_volume_table(self.table, classes, columns)
         self.summary.setText(summary_text(summary))
         self.last_result = seg
+        self.navigator.set_layer(layer, counts)
+        self.navigator.go_to_most(recount=False)  # the view moves to the result's slice with the most lesion
         self.runner.set_status(f"{name}: {seg.labels.shape[0]} slices in {seg.seconds:.1f} s on {seg.device}")
 
 
