@@ -31,13 +31,23 @@ system-deps:
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	else \
-		echo "napari's tests need these Debian packages; as root run: apt-get install$$missing"; exit 1; \
+		echo "napari needs these Debian packages (for the demo and the tests); as root run: apt-get install$$missing"; \
+		exit 1; \
 	fi
 
 # napari with the phantom CT and all docks: segment, classify, compare, correct, fine-tune, quantify (IMAGE=path:
-# your scan instead).
-demo: install
-	$(VENV)/bin/covidseg demo $(IMAGE) --compare --correct --quantify
+# your scan instead). Installs napari's Debian packages as `make test` does; on a machine without a display (no
+# $DISPLAY or $WAYLAND_DISPLAY) it runs the demo under Xvfb and saves a screenshot of the window instead.
+DEMO_SHOT ?= out/demo.png
+demo: install system-deps
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then \
+		$(VENV)/bin/covidseg demo $(IMAGE) --compare --correct --quantify; \
+	else \
+		mkdir -p $(dir $(DEMO_SHOT)); \
+		echo "no display here: running the demo under Xvfb; the window is saved to $(DEMO_SHOT)"; \
+		xvfb-run -a -s "-screen 0 1920x1080x24" $(VENV)/bin/covidseg demo $(IMAGE) --compare --correct --quantify \
+			--run --screenshot $(DEMO_SHOT); \
+	fi
 
 # The README screenshots, made by the demo itself under Xvfb.
 screenshots: install system-deps
