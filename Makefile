@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 DEBIAN_PKGS := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-xinput0 libdbus-1-3 \
 	libfontconfig1 libxkbcommon-x11-0 libxcb-render-util0 libxcb-image0 libxcb-shape0 libgl1 libegl1
 
-.PHONY: install install-test system-deps demo screenshots test lint clean results weights intensity bench
+.PHONY: install install-test system-deps demo screenshots screenshots-real test lint clean results weights intensity bench
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ screenshots: install system-deps
 
 test: install system-deps
 	QT_API=pyqt5 xvfb-run -a -s "-screen 0 1280x1024x24" $(PY) -m pytest -q
+
+# Screenshots of the real P002 DICOM series (needs ../shared/data): the CAM over segmented lesions.
+P002 ?= ../shared/data/covid_ct_md_dicom_P002/P002
+screenshots-real: install system-deps
+	xvfb-run -a -s "-screen 0 1920x1080x24" $(PY) scripts/napari_cam_check.py $(P002) docs/screenshots/cam.png
 
 # Training and measurement (need ../shared/data; CPU works, a GPU is faster). See docs/RESULTS.md.
 intensity: install   # HU window that reproduces the 8-bit MedSeg slices -> docs/INTENSITY.md

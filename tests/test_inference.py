@@ -218,3 +218,29 @@ def test_volumes_ml_counts_every_class_by_its_id():
     expected = {c["name"]: counts[c["id"]] * 2.5 * 0.7 * 0.8 / 1000.0 for c in seg.card.classes if c["id"]}
     assert seg.volumes_ml(spacing) == pytest.approx(expected)
     assert len(expected) == 3
+
+
+def test_cam_is_smooth_and_kept_inside_the_lungs():
+    """A HU scan's CAM is zero outside the lung region and says how much of it lay there; display images and scans
+    without lungs keep it over the body and say why."""
+    from scipy import ndimage
+
+    from napari_covidseg.inference.lungfirst import find_lungs
+
+    torch.manual_seed(0)
+    card = classification_card(size=(16, 64, 64))
+    vol = make_phantom(seed=3, shape=(20, 96, 96), spacing=(5.0, 3.0, 3.0)).volume("phantom")
+    result = classify_volume(vol, LoadedModel(build_for(card), card), device="cpu")
+    region = find_lungs(vol).lungs > 0
+    assert result.cam_region == "lungs" and region.any()
+    assert not result.cam[~region].any() and result.cam[region].max() > 0
+    assert 0.0 < result.cam_inside <= 1.0 and not result.notes
+    # smooth: away from the lungs' edge (where the map fades out) no in-plane step between neighbouring voxels is as
+    # large as a jump between the coarse feature cells would be
+    z = int(np.argmax(region.sum(axis=(1, 2))))
+    deep = ndimage.binary_erosion(region[z], iterations=3)
+    inside = deep[:, 1:] & deep[:, :-1]
+    assert np.abs(np.diff(result.cam[z], axis=1))[inside].max() < 0.25
+    display = CTVolume(np.clip((vol.array + 1000) / 8, 0, 255).astype(np.float32), vol.spacing, vol.affine, "display")
+    shown = classify_volume(display, LoadedModel(build_for(card), card), device="cpu")
+    assert shown.cam_region == "body" and shown.cam_inside == 1.0 and "Hounsfield" in shown.notes[0]

@@ -153,8 +153,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
         "predicted": result.predicted,
         "probabilities": {k: round(v, 4) for k, v in result.probabilities.items()},
         "cam_class": result.cam_class,
+        "cam_region": result.cam_region,
+        "cam_share_inside_region": round(result.cam_inside, 4),
         "device": result.device,
     }
+    for note in result.notes:
+        print(f"covidseg: note: {note}", file=sys.stderr)
     if args.cam:
         summary["cam"] = str(save_array(result.cam.astype("float32"), like=volume, path=args.cam))
     print(json.dumps(summary, indent=2))

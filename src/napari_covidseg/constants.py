@@ -44,6 +44,18 @@ DIAGNOSIS_COLOURS: tuple[tuple[float, float, float, float], ...] = (
     (0.2, 0.7, 0.3, 1.0),
 )
 
+# How a class-activation map is shown (0..1, relative to its strongest point): transparent below CAM_THRESHOLD, then
+# purple -> magenta -> pale pink with rising opacity: no lesion colour (yellow, red, blue) is reused, and the CT and
+# the lesion labels stay readable under it.
+CAM_THRESHOLD = 0.4
+CAM_COLOUR_STOPS: tuple[tuple[float, tuple[float, float, float, float]], ...] = (
+    (0.0, (0.35, 0.1, 0.6, 0.0)),
+    (CAM_THRESHOLD, (0.35, 0.1, 0.6, 0.0)),
+    (CAM_THRESHOLD + 0.001, (0.35, 0.1, 0.6, 0.3)),
+    (0.7, (0.85, 0.2, 0.75, 0.55)),
+    (1.0, (1.0, 0.8, 0.95, 0.8)),
+)
+
 # Hounsfield units of the phantom tissues and of the usual windows.
 HU_AIR = -1000.0
 HU_LUNG = -850.0

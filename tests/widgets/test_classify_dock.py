@@ -7,7 +7,7 @@ import pytest
 from napari.layers import Image
 
 from napari_covidseg._widgets.classify import ClassifyWidget
-from napari_covidseg.constants import DIAGNOSIS_CLASSES
+from napari_covidseg.constants import CAM_THRESHOLD, DIAGNOSIS_CLASSES
 from napari_covidseg.layers import GEOMETRY_KEY
 from tests.widgets.conftest import wait_for
 
@@ -37,7 +37,18 @@ def test_classify_shows_probabilities_and_adds_a_cam(viewer_with_ct, qtbot):
     assert isinstance(cam, Image)
     assert cam.data.dtype == np.float32 and cam.data.shape == ct.data.shape
     assert float(cam.data.min()) >= 0.0 and float(cam.data.max()) <= 1.0
-    assert cam.colormap.name == "hot" and str(cam.blending) == "additive"
+    # readable over the CT: transparent below the threshold, translucent above it, a colour bar, right above its CT
+    # (under the lesion labels), and plain words in the dock
+    assert cam.colormap.name == "covidseg CAM" and str(cam.blending) == "translucent"
+    assert cam.colormap.map(np.array([0.0, CAM_THRESHOLD - 0.05]))[:, 3].max() == 0
+    assert 0 < cam.colormap.map(np.array([0.9]))[0, 3] < 1
+    assert cam.colorbar.visible
+    assert viewer.layers.index(cam) == viewer.layers.index(ct) + 1
+    assert (
+        result.cam_class in dock.cam_text.text()
+        and "not where disease is" in dock.cam_text.text()
+        and dock.cam_text.toolTip()
+    )
     assert tuple(cam.contrast_limits) == (0.0, 1.0)
     np.testing.assert_allclose(cam.scale, ct.scale)
     np.testing.assert_allclose(cam.translate, ct.translate)

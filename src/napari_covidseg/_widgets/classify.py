@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from qtpy.QtGui import QColor, QLinearGradient, QPainter, QPixmap
 from qtpy.QtWidgets import QComboBox, QLabel, QProgressBar, QVBoxLayout, QWidget
 
 from napari_covidseg._widgets._common import ModelPicker
 from napari_covidseg._widgets._dock import ImageJobDock
-from napari_covidseg.constants import DIAGNOSIS_CLASSES, DIAGNOSIS_COLOURS
+from napari_covidseg.constants import CAM_COLOUR_STOPS, CAM_THRESHOLD, DIAGNOSIS_CLASSES, DIAGNOSIS_COLOURS
 from napari_covidseg.errors import CheckpointError, InputError
 from napari_covidseg.inference.classify import Classification, iter_classify
 from napari_covidseg.layers import CAM, GEOMETRY_KEY, ROLE_KEY, SOURCE_KEY
@@ -19,6 +20,41 @@ if TYPE_CHECKING:
 
 PREDICTED = "predicted class"
 GENERIC_NOTE = "Research use only: these probabilities are not a diagnosis."
+CAM_INTRO = (
+    "The heat map (class-activation map) shows where the classifier found the evidence for the class it explains, "
+    "relative to the map's strongest point (1.0). It shows where the model looked, not where disease is."
+)
+
+
+def cam_colormap():
+    """napari colormap of CAM_COLOUR_STOPS: transparent below CAM_THRESHOLD, dark red -> yellow above it."""
+    from napari.utils.colormaps import Colormap
+
+    controls = [stop for stop, _ in CAM_COLOUR_STOPS]
+    colours = [rgba for _, rgba in CAM_COLOUR_STOPS]
+    return Colormap(colors=np.array(colours), controls=controls, name="covidseg CAM", interpolation="linear")
+
+
+def cam_legend_pixmap(width: int = 220, height: int = 14) -> QPixmap:
+    """The CAM colour scale over a grey ramp (what the map looks like on CT), 0 on the left, 1 on the right."""
+    pixmap = QPixmap(width, height)
+    pixmap.fill(QColor(90, 90, 90))
+    painter = QPainter(pixmap)
+    gradient = QLinearGradient(0, 0, width, 0)
+    for stop, (r, g, b, a) in CAM_COLOUR_STOPS:
+        gradient.setColorAt(stop, QColor.fromRgbF(r, g, b, a))
+    painter.fillRect(0, 0, width, height, gradient)
+    painter.end()
+    return pixmap
+
+
+def cam_explanation(res: Classification) -> str:
+    """The dock's plain words under the colour scale for one result (CAM_INTRO is the tooltip)."""
+    text = f"Heat map for <b>{res.cam_class}</b>"
+    if res.cam_region == "lungs":
+        text += f" inside the lungs ({100 * (1 - res.cam_inside):.0f} % of it lay outside them, not shown)"
+    text += f"; transparent below {CAM_THRESHOLD:.1f}. Where the model looked, not where disease is."
+    return text + "".join(f" {note[0].upper()}{note[1:]}." for note in res.notes)
 
 
 def _bar_style(rgba) -> str:
@@ -43,8 +79,15 @@ class ClassifyWidget(ImageJobDock):
         self.note = QLabel("")  # the model card's notes: demonstration weights must not be read as a diagnosis
         self.note.setWordWrap(True)
         self.note.setStyleSheet("font-style: italic; color: rgb(255, 170, 60);")
+        self.cam_scale = QLabel()
+        self.cam_scale.setPixmap(cam_legend_pixmap())
+        self.cam_scale.setToolTip("CAM colour scale: 0 (left) to 1, the map's strongest point (right)")
+        self.cam_text = QLabel("Where the model looked, not where disease is.")
+        self.cam_text.setWordWrap(True)
+        self.cam_text.setToolTip(CAM_INTRO)
         fields = {"image": self.image, "model": self.model, "device": self.device, "CAM for": self.cam_for}
-        self.lay_out(fields, [QLabel("Diagnosis probabilities"), self.prob_box, self.note])
+        results = [QLabel("Diagnosis probabilities"), self.prob_box, self.note]
+        self.lay_out(fields, [*results, QLabel("Heat map scale: 0 → 1"), self.cam_scale, self.cam_text])
         self.last_result: Classification | None = None
         self.model.combo.currentIndexChanged.connect(self._sync_model)
         self._sync_model()
@@ -107,15 +150,16 @@ class ClassifyWidget(ImageJobDock):
         probabilities = {k: float(v) for k, v in res.probabilities.items()}
         metadata = {k: v for k, v in like["metadata"].items() if k in (GEOMETRY_KEY, "spacing")}
         metadata.update({"diagnosis probabilities": probabilities, "model": res.card.name, "cam class": res.cam_class})
-        metadata.update({ROLE_KEY: CAM, SOURCE_KEY: image_name})
+        metadata.update({ROLE_KEY: CAM, SOURCE_KEY: image_name, "cam region": res.cam_region})
+        metadata["cam share inside region"] = res.cam_inside
         cam = np.asarray(res.cam, dtype=np.float32)
         name = f"{image_name} CAM {res.cam_class} ({res.card.name})"
-        self.viewer.add_image(
+        layer = self.viewer.add_image(
             cam[0] if volume.meta.get("squeezed") else cam,
             name=name,
-            colormap="hot",
-            blending="additive",
-            opacity=0.5,
+            colormap=cam_colormap(),
+            blending="translucent",
+            opacity=0.8,
             contrast_limits=(0.0, 1.0),
             scale=like["scale"],
             translate=like["translate"],
@@ -124,6 +168,11 @@ class ClassifyWidget(ImageJobDock):
             affine=like["affine"],
             metadata=metadata,
         )
+        layer.colorbar.visible = True
+        if image_name in self.viewer.layers:  # just above its CT: lesion labels stay on top of the map
+            above_ct = self.viewer.layers.index(self.viewer.layers[image_name]) + 1
+            self.viewer.layers.move(self.viewer.layers.index(layer), above_ct)
+        self.cam_text.setText(cam_explanation(res))
         self.last_result = res
         self.runner.set_status(
             f"{predicted} ({100 * res.probabilities[predicted]:.1f} %); {name} added; "
