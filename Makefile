@@ -56,7 +56,7 @@ screenshots: install system-deps
 		--screenshot docs/screenshots/compare.png
 
 test: install system-deps
-	QT_API=pyqt5 xvfb-run -a -s "-screen 0 1280x1024x24" $(PY) -m pytest -q
+	QT_API=pyqt5 xvfb-run -a -s "-screen 0 1920x1080x24" $(PY) -m pytest -q
 
 # Screenshots of the real P002 DICOM series (needs ../shared/data): the CAM over segmented lesions.
 P002 ?= ../shared/data/covid_ct_md_dicom_P002/P002

@@ -17,7 +17,7 @@ from pathlib import Path
 import napari
 from qtpy.QtWidgets import QApplication
 
-from napari_covidseg._demo import PLUGIN, WINDOW_SIZE, dismiss_notifications, wait_for_job
+from napari_covidseg._demo import PLUGIN, dismiss_notifications, fit_window, wait_for_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("screenshot")
     args = ap.parse_args(argv)
     viewer = napari.Viewer(title="napari-covidseg CAM check")
-    viewer.window.resize(*WINDOW_SIZE)
+    fit_window(viewer)
     (layer,) = viewer.open(str(args.scan), plugin=PLUGIN)
     _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment lesions")
     _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify scan (CAM)")

@@ -24,11 +24,11 @@ import numpy as np
 def session_one(screenshot: str, steps: int) -> None:
     import napari
 
-    from napari_covidseg._demo import PLUGIN, WINDOW_SIZE, dismiss_notifications, open_demo, wait_for_job
+    from napari_covidseg._demo import PLUGIN, dismiss_notifications, fit_window, open_demo, wait_for_job
     from napari_covidseg.constants import CONSOLIDATION
 
     viewer = napari.Viewer(title="napari-covidseg correction loop")
-    viewer.window.resize(*WINDOW_SIZE)
+    fit_window(viewer)
     docks = open_demo(viewer, None, compare=False, correct=True)
     seg, correct, tune = docks["segment"], docks["correct"], docks["finetune"]
     t0 = time.perf_counter()

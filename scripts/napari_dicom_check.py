@@ -23,7 +23,7 @@ import numpy as np
 import pydicom
 from qtpy.QtWidgets import QApplication
 
-from napari_covidseg._demo import PLUGIN, WINDOW_SIZE, dismiss_notifications, wait_for_job
+from napari_covidseg._demo import PLUGIN, dismiss_notifications, fit_window, wait_for_job
 
 
 def first_header(folder: Path):
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     first = first_header(args.folder)
     viewer = napari.Viewer(title="napari-covidseg DICOM check")
-    viewer.window.resize(*WINDOW_SIZE)
+    fit_window(viewer)
     start = time.perf_counter()
     (layer,) = viewer.open(str(args.folder), plugin=PLUGIN)
     print(f"opened in {time.perf_counter() - start:.1f} s (transfer syntax {first.file_meta.TransferSyntaxUID.name})")

@@ -13,14 +13,14 @@ import napari
 import numpy as np
 from qtpy.QtWidgets import QApplication
 
-from napari_covidseg._demo import PLUGIN, WINDOW_SIZE, dismiss_notifications, wait_for_job
+from napari_covidseg._demo import PLUGIN, dismiss_notifications, fit_window, wait_for_job
 from napari_covidseg.analysis.quantify import quantify
 from napari_covidseg.io import load_ct
 
 
 def main(path: str, screenshot: str) -> int:
     viewer = napari.Viewer(title="napari-covidseg quantify check")
-    viewer.window.resize(*WINDOW_SIZE)
+    fit_window(viewer)
     (ct,) = viewer.open(path, plugin=PLUGIN)
     _, seg = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment lesions")
     _, quant = viewer.window.add_plugin_dock_widget(PLUGIN, "Quantify lung involvement")

@@ -24,7 +24,7 @@ DOCKS = {
     "finetune": "Fine-tune on corrections",
     "quantify": "Quantify lung involvement",
 }
-WINDOW_SIZE = (1600, 1100)
+WINDOW_SIZE = (1600, 1000)  # preferred; never larger than the screen's free area (fit_window)
 POLL_MS = 200
 SETTLE_S = 1.5  # seconds the window gets to lay itself out before a screenshot
 log = logging.getLogger(__name__)
@@ -53,6 +53,20 @@ def open_demo(
         if hasattr(widget, "image"):
             widget.image.setCurrentText(ct)
     return widgets
+
+
+def fit_window(viewer, size: tuple[int, int] = WINDOW_SIZE) -> tuple[int, int]:
+    """Resize the viewer's window to ``size`` or to the screen's free area if that is smaller (a 1920x1080 laptop,
+    a taskbar); the docks scroll rather than push anything below the screen's edge. Returns the size set."""
+    from qtpy.QtWidgets import QApplication
+
+    screen = QApplication.primaryScreen()
+    width, height = size
+    if screen is not None:
+        free = screen.availableGeometry()
+        width, height = min(width, free.width()), min(height, free.height())
+    viewer.window.resize(width, height)
+    return width, height
 
 
 def start_jobs(widgets: dict, device: str = "auto") -> None:
@@ -111,7 +125,7 @@ def run_demo(
     from qtpy.QtCore import QTimer
 
     viewer = napari.Viewer(title="napari-covidseg demo")
-    viewer.window.resize(*WINDOW_SIZE)
+    fit_window(viewer)
     widgets = open_demo(viewer, image, compare, correct, quantify)
     state = {"code": 0}
 

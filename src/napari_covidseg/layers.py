@@ -21,6 +21,7 @@ GEOMETRY_KEY = "covidseg"
 ROLE_KEY = "covidseg role"
 SOURCE_KEY = "covidseg image"
 LESIONS, LUNGS, DISAGREEMENT, CAM = "lesions", "lungs", "disagreement", "cam"
+CT_VIEW = "ct view"  # the Compare grid's view of a CT's own array under one result (not a CT to offer)
 
 
 def layer_role(layer: Any) -> str | None:

@@ -8,7 +8,7 @@ from napari.layers import Labels
 from napari_covidseg._widgets.compare import CompareWidget
 from napari_covidseg.analysis.compare import INFECTION_ROW
 from napari_covidseg.analysis.metrics import INFECTION, score_image
-from napari_covidseg.layers import GEOMETRY_KEY
+from napari_covidseg.layers import CT_VIEW, GEOMETRY_KEY, layer_role
 from tests.widgets.conftest import wait_for
 
 
@@ -36,7 +36,15 @@ def test_compare_adds_both_results_and_their_disagreement(viewer_with_ct, small_
 
     a_layer, b_layer = viewer.layers["ct lesions (unet)"], viewer.layers["ct lesions (resattunet)"]
     diff_layer = viewer.layers["ct disagreement (unet vs resattunet)"]
-    assert len(viewer.layers) == 5
+    # the grid: three panels, each the CT (or a view of its very array) under one result, named; the rest hidden
+    views = [layer for layer in viewer.layers if layer_role(layer) == CT_VIEW]
+    assert len(viewer.layers) == 7 and len(views) == 2 and not viewer.layers["truth"].visible
+    assert all(view.data is ct.data for view in views)
+    boxes = viewer.grid.iter_viewboxes(viewer.layers)
+    panels = [tuple(viewer.layers[i] for i in indices) for _, indices in boxes if indices]
+    assert [panel[1] for panel in panels] == [a_layer, b_layer, diff_layer]
+    assert [panel[0] for panel in panels] == [ct, *views]
+    assert all(panel[1].name_overlay.visible for panel in panels)
     for layer in (a_layer, b_layer, diff_layer):
         assert isinstance(layer, Labels)
         assert np.issubdtype(layer.data.dtype, np.integer) and layer.data.shape == ct.data.shape
@@ -63,8 +71,9 @@ def test_compare_adds_both_results_and_their_disagreement(viewer_with_ct, small_
     assert [row["class"] for row in rows] == ["ground-glass opacity", "consolidation", INFECTION_ROW]
     assert dock.table.rowCount() == 3 and dock.table.item(2, 0).text() == INFECTION_ROW
     headers = [dock.table.horizontalHeaderItem(c).text().replace("\n", " ") for c in range(dock.table.columnCount())]
-    assert headers == ["class", "unet (ml)", "resattunet (ml)", "Dice unet vs resattunet", "Dice unet vs ref",
-                       "Dice resattunet vs ref"]  # fmt: skip
+    assert headers == ["class", "A ml", "B ml", "Dice A\u2013B", "Dice A\u2013ref", "Dice B\u2013ref"]
+    assert "A = <b>unet</b>, B = <b>resattunet</b>" in dock.legend.text()
+    assert dock.table.horizontalHeader().length() <= dock.table.viewport().width()  # no sideways scrolling
     ab = score_image(a, b, (1, 2), INFECTION)
     a_ref = score_image(a, small_phantom.lesions, (1, 2), INFECTION)
     b_ref = score_image(b, small_phantom.lesions, (1, 2), INFECTION)
@@ -82,8 +91,33 @@ def test_compare_adds_both_results_and_their_disagreement(viewer_with_ct, small_
 
     dock.grid.setChecked(False)  # the checkbox drives napari's grid, and follows it
     assert not viewer.grid.enabled
-    viewer.grid.enabled = True
-    assert dock.grid.isChecked()
+    # one view again: the CT views gone, the reference back, the disagreement on top, the two results hidden
+    assert len(viewer.layers) == 5 and viewer.layers["truth"].visible
+    assert viewer.layers[-1] is diff_layer and diff_layer.visible
+    assert not a_layer.visible and not b_layer.visible and not diff_layer.name_overlay.visible
+    viewer.grid.enabled = True  # napari's own grid button lays the comparison out again
+    assert dock.grid.isChecked() and len(viewer.layers) == 7
+
+
+def test_compare_reuses_an_equal_segment_result(viewer_with_ct, qtbot):
+    """A result Segment already made is not added a second time ("ct lesions (unet) [1]")."""
+    from napari_covidseg._widgets.segment import SegmentWidget
+
+    viewer = viewer_with_ct
+    segment = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(segment)
+    segment.run_button.click()
+    wait_for(qtbot, segment.runner)
+    first = viewer.layers["ct lesions (unet)"]
+    dock = _dock(viewer)
+    dock.run_button.click()
+    wait_for(qtbot, dock.runner)
+    assert viewer.layers["ct lesions (unet)"] is first
+    assert not any("[1]" in layer.name for layer in viewer.layers)
+    dock.grid.setChecked(False)
+    assert [layer.name for layer in viewer.layers] == [
+        "ct", "ct lesions (unet)", "ct lesions (resattunet)", "ct disagreement (unet vs resattunet)"
+    ]  # fmt: skip
 
 
 def test_cancel_right_after_run_adds_nothing(viewer_with_ct, qtbot):

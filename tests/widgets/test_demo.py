@@ -35,7 +35,7 @@ def test_demo_runs_the_docks_and_screenshots(make_napari_viewer, qtbot, tmp_path
     labels = viewer.layers["phantom CT lesions (unet)"]
     assert isinstance(labels, Labels) and labels.data.any()
     cams = [layer for layer in viewer.layers if isinstance(layer, Image) and " CAM " in layer.name]
-    assert len(cams) == 1 and cams[0].blending == "additive"
+    assert len(cams) == 1 and cams[0].blending == "translucent"
     show_lesion_slice(viewer)
     z = int(round(viewer.dims.point[0] / labels.scale[0]))
     assert labels.data[z].any()

@@ -7,15 +7,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from psygnal import Signal
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtGui import QColor
-from qtpy.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QPushButton, QTableWidget, QTableWidgetItem, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFrame,
+    QHBoxLayout,
+    QPushButton,
+    QScrollArea,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_covidseg.constants import LESION_COLOURS, LUNG_COLOURS, LUNG_NAMES
 from napari_covidseg.errors import InputError
 from napari_covidseg.io.volume import CTVolume
 from napari_covidseg.layers import (
     CAM,
+    CT_VIEW,
     DISAGREEMENT,
     GEOMETRY_KEY,
     LESIONS,
@@ -129,8 +141,8 @@ class LayerPicker(QComboBox):
 
 
 def is_ct_image(layer) -> bool:
-    """An Image layer the docks offer as a CT: not a map made from one (a CAM)."""
-    return layer_role(layer) != CAM
+    """An Image layer the docks offer as a CT: not a map made from one (a CAM), not the Compare grid's CT views."""
+    return layer_role(layer) not in (CAM, CT_VIEW)
 
 
 def prefer_greyscale(layers: list):
@@ -406,8 +418,42 @@ def fit_table_height(table: QTableWidget) -> None:
     if header.length() > table.viewport().width():
         height += table.horizontalScrollBar().sizeHint().height()
     table.setFixedHeight(max(height, 40))
-    if table.parentWidget() is not None:  # the dock's size hint grew: let the dock area give it the room
-        table.parentWidget().updateGeometry()
+    parent = table.parentWidget()
+    while parent is not None:  # the dock's size hint grew (through its scroll area): let the dock area give room
+        parent.updateGeometry()
+        parent = parent.parentWidget() if not isinstance(parent, FitScrollArea) else None
+
+
+class FitScrollArea(QScrollArea):
+    """A dock's contents: as tall as they are when the dock area has the room, scrolling when it has not (a short
+    screen, several docks), never cut off; no sideways scrolling."""
+
+    MIN_HEIGHT = 120
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+
+    def sizeHint(self) -> QSize:
+        inner = self.widget().sizeHint() if self.widget() is not None else QSize(0, 0)
+        return QSize(inner.width() + self.verticalScrollBar().sizeHint().width(), inner.height())
+
+    def minimumSizeHint(self) -> QSize:
+        inner = self.widget().minimumSizeHint() if self.widget() is not None else QSize(0, 0)
+        return QSize(inner.width() + self.verticalScrollBar().sizeHint().width(), self.MIN_HEIGHT)
+
+
+def scrolling_layout(dock: QWidget) -> QVBoxLayout:
+    """Give ``dock`` a :class:`FitScrollArea` and return the layout to put its contents in."""
+    inner = QWidget()
+    area = FitScrollArea(dock)
+    area.setWidget(inner)
+    outer = QVBoxLayout(dock)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(area)
+    return QVBoxLayout(inner)
 
 
 def new_table(height: int = 60) -> QTableWidget:

@@ -13,9 +13,16 @@ import threading
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtWidgets import QFormLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFormLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
 
-from napari_covidseg._widgets._common import LayerPicker, device_combo, image_picker, layer_volume, placement
+from napari_covidseg._widgets._common import (
+    LayerPicker,
+    device_combo,
+    image_picker,
+    layer_volume,
+    placement,
+    scrolling_layout,
+)
 from napari_covidseg._widgets._workers import JobRunner
 from napari_covidseg.errors import CheckpointError, InputError
 from napari_covidseg.io.volume import CTVolume
@@ -49,7 +56,7 @@ class JobDock(QWidget):
         form = QFormLayout()
         for label, widget in fields.items():
             form.addRow(label, widget)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addLayout(form)
         for widget in (self.run_button, self.bar, self.status, *results):
             layout.addWidget(widget)

@@ -11,6 +11,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QCheckBox,
+    QHeaderView,
     QLabel,
     QTableWidgetItem,
 )
@@ -26,6 +27,7 @@ from napari_covidseg._widgets._common import (
     new_table,
 )
 from napari_covidseg._widgets._dock import ImageJobDock
+from napari_covidseg._widgets._grid import CompareGrid
 from napari_covidseg.analysis.compare import (
     DISAGREEMENT_NAMES,
     ONLY_A,
@@ -35,7 +37,7 @@ from napari_covidseg.analysis.compare import (
 )
 from napari_covidseg.constants import LESION_CLASSES, LESION_COLOURS
 from napari_covidseg.errors import InputError
-from napari_covidseg.layers import DISAGREEMENT, GEOMETRY_KEY, ROLE_KEY, SOURCE_KEY
+from napari_covidseg.layers import DISAGREEMENT, GEOMETRY_KEY, LESIONS, ROLE_KEY, SOURCE_KEY, layer_role
 
 if TYPE_CHECKING:
     import napari
@@ -49,10 +51,24 @@ DISAGREEMENT_COLOURS: dict[int | None, tuple[float, float, float, float]] = {
 }
 
 
-def _header(key: str, name_a: str, name_b: str) -> str:
-    """Table header of a row key: ``dice A vs reference`` -> ``Dice unet vs ref``."""
-    words = {"A": name_a, "B": name_b, "dice": "Dice\n", "reference": "ref", "volume": ""}
-    return " ".join(filter(None, (words.get(w, w) for w in key.split()))).replace("\n ", "\n")
+def _header(key: str) -> str:
+    """Compact table header of a row key (the models' names are in the line above the table):
+    ``volume A (ml)`` -> ``A\nml``, ``dice A vs B`` -> ``Dice\nA–B``, ``dice A vs reference`` -> ``Dice\nA–ref``."""
+    words = key.replace("reference", "ref").split()
+    if words[0] == "volume":
+        return f"{words[1]}\nml"
+    if words[0] == "dice":
+        return f"Dice\n{words[1]}\u2013{words[3]}"
+    return key
+
+
+def _dice_colour(value) -> QColor | None:
+    """Traffic-light background of a Dice cell, so agreement reads at a glance (none for a missing value)."""
+    if not isinstance(value, float) or np.isnan(value):
+        return None
+    if value >= 0.7:
+        return QColor(40, 120, 60)
+    return QColor(150, 110, 20) if value >= 0.4 else QColor(150, 40, 40)
 
 
 def _cell(key: str, value) -> str:
@@ -77,7 +93,11 @@ class CompareWidget(ImageJobDock):
         )
         self.reference.setToolTip("Optional ground truth with the CT's shape: adds Dice of each model against it")
         self.grid = QCheckBox("grid view")
-        self.grid.setToolTip("napari's grid mode: one panel per layer, cameras linked (the CT in its own panel)")
+        self.grid.setToolTip(
+            "Side by side: the CT under model A, under model B and under their disagreement, one panel each, "
+            "cameras linked; off: one view with the disagreement on top"
+        )
+        self.grid_view = CompareGrid(napari_viewer)
         self.grid.setChecked(bool(napari_viewer.grid.enabled))
         self.grid.toggled.connect(self._set_grid)
         napari_viewer.grid.events.enabled.connect(self._sync_grid)  # napari's own grid button moves the checkbox
@@ -86,16 +106,27 @@ class CompareWidget(ImageJobDock):
         self.lungs_only = lungs_checkbox()
         fields = {"image": self.image, "model A": self.model_a, "model B": self.model_b}
         fields |= {"reference": self.reference, "device": self.device, "lungs": self.lungs_only}
-        self.lay_out(fields, [self.grid, QLabel("Lesion volume (ml) and agreement (Dice)"), self.table])
+        self.legend = QLabel("Lesion volume (ml) and agreement (Dice)")
+        self.legend.setWordWrap(True)
+        self.lay_out(fields, [self.grid, self.legend, self.table])
         self.last_rows: list[dict] = []
 
     def _set_grid(self, on: bool) -> None:
-        self.viewer.grid.enabled = bool(on)
+        if not on:
+            self.grid_view.leave()
+        elif not self.grid_view.enter():  # no comparison shown yet: napari's plain grid
+            self.viewer.grid.enabled = True
 
     def _sync_grid(self, *_) -> None:
+        """napari's own grid button: the comparison's layout follows it, and so does the checkbox."""
+        on = bool(self.viewer.grid.enabled)
+        if not on and self.grid_view.active:
+            self.grid_view.leave()
+        elif on and not self.grid_view.active and self.grid_view.ready():
+            self.grid_view.enter()
         try:
             self.grid.blockSignals(True)
-            self.grid.setChecked(bool(self.viewer.grid.enabled))
+            self.grid.setChecked(on)
             self.grid.blockSignals(False)
         except RuntimeError:  # the dock's C++ side is already gone
             pass
@@ -130,46 +161,65 @@ class CompareWidget(ImageJobDock):
         """GUI thread: add both lesion layers and the disagreement layer, fill the table, switch to the grid."""
         seg_a, seg_b, diff, rows, differ = result
         name_a, name_b = seg_a.card.name, seg_b.card.name
+        squeeze = bool(volume.meta.get("squeezed"))
+        results = []
         for seg in (seg_a, seg_b):
-            classes = {c["id"]: c["name"] for c in seg.card.classes}
-            extra = {"model": seg.card.name, "device": seg.device}
-            add_lesion_labels(
-                self.viewer,
-                seg.labels,
-                volume,
-                like,
-                f"{image_name} lesions ({seg.card.name})",
-                classes,
-                extra,
-                image=image_name,
-            )
+            name = f"{image_name} lesions ({seg.card.name})"
+            same = self._same_layer(name, seg.labels[0] if squeeze else seg.labels, LESIONS)
+            if same is None:  # a new result (an equal one, e.g. from Segment, is reused: no "[1]" duplicate)
+                classes = {c["id"]: c["name"] for c in seg.card.classes}
+                extra = {"model": seg.card.name, "device": seg.device}
+                same = add_lesion_labels(self.viewer, seg.labels, volume, like, name, classes, extra, image=image_name)
+            results.append(same)
         names = {k: v.format(a=name_a, b=name_b) for k, v in DISAGREEMENT_NAMES.items()}
-        metadata = {k: v for k, v in like["metadata"].items() if k in (GEOMETRY_KEY, "spacing")}
-        metadata |= {"classes": names, "models": [name_a, name_b], ROLE_KEY: DISAGREEMENT, SOURCE_KEY: image_name}
-        where = {k: like[k] for k in ("scale", "translate", "rotate", "shear", "affine")}
-        features = {"index": list(names), "class": list(names.values())}
         name = f"{image_name} disagreement ({name_a} vs {name_b})"
-        self.viewer.add_labels(
-            diff, name=name, **where, metadata=metadata, features=features, colormap=dict(DISAGREEMENT_COLOURS)
+        disagreement = self._same_layer(name, diff, DISAGREEMENT)
+        if disagreement is None:
+            metadata = {k: v for k, v in like["metadata"].items() if k in (GEOMETRY_KEY, "spacing")}
+            metadata |= {"classes": names, "models": [name_a, name_b], ROLE_KEY: DISAGREEMENT, SOURCE_KEY: image_name}
+            where = {k: like[k] for k in ("scale", "translate", "rotate", "shear", "affine")}
+            features = {"index": list(names), "class": list(names.values())}
+            disagreement = self.viewer.add_labels(
+                diff, name=name, **where, metadata=metadata, features=features, colormap=dict(DISAGREEMENT_COLOURS)
+            )
+        self.legend.setText(
+            f"A = <b>{name_a}</b>, B = <b>{name_b}</b>: lesion volume (ml) and agreement (Dice: "
+            "<span style='color:#5c5'>\u2265 0.7</span>, <span style='color:#db4'>0.4\u20130.7</span>, "
+            "<span style='color:#e66'>&lt; 0.4</span>)"
         )
-        self._fill_table(rows, name_a, name_b)
+        self._fill_table(rows)
         self.last_rows = rows
-        self.grid.setChecked(True)
-        self.viewer.grid.enabled = True
-        self.viewer.reset_view()  # every panel shows the whole slice
+        ct = self.viewer.layers[image_name] if image_name in self.viewer.layers else None
+        if ct is not None:
+            self.grid_view.set_comparison(ct, [*results, disagreement])
+        if self.grid.isChecked():
+            self._set_grid(True)
+        else:
+            self.grid.setChecked(True)  # -> _set_grid: the panels side by side
         seconds = seg_a.seconds + seg_b.seconds
         self.runner.set_status(
             f"{name_a} vs {name_b}: {seg_a.labels.shape[0]} slices each in {seconds:.1f} s on {seg_a.device}; "
             f"they disagree on {differ:.2f} ml"
         )
 
-    def _fill_table(self, rows: list[dict], name_a: str, name_b: str) -> None:
-        """One row per dict of ``rows``; NaN (class in neither array) shows as an en dash."""
+    def _same_layer(self, name: str, data: np.ndarray, role: str):
+        """The layer called ``name`` if it is one of ours of ``role`` on this grid: a lesion layer is reused only
+        when it holds exactly ``data`` (never over someone's edits); a disagreement map is refreshed with it."""
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if layer is None or layer_role(layer) != role or np.shape(layer.data) != np.shape(data):
+            return None
+        if role == DISAGREEMENT:
+            layer.data = data
+            return layer
+        return layer if np.array_equal(np.asarray(layer.data), data) else None
+
+    def _fill_table(self, rows: list[dict]) -> None:
+        """One row per dict of ``rows``; NaN (class in neither array) shows as an en dash; Dice cells coloured."""
         keys = list(rows[0]) if rows else []
         self.table.clear()
         self.table.setColumnCount(len(keys))
         self.table.setRowCount(len(rows))
-        self.table.setHorizontalHeaderLabels([_header(k, name_a, name_b) for k in keys])
+        self.table.setHorizontalHeaderLabels([_header(k) for k in keys])
         ids = {name: i for i, name in LESION_CLASSES.items()}
         for r, row in enumerate(rows):
             for c, key in enumerate(keys):
@@ -178,6 +228,12 @@ class CompareWidget(ImageJobDock):
                     item.setData(Qt.DecorationRole, QColor.fromRgbF(*LESION_COLOURS[ids[row[key]]]))
                 elif c > 0:
                     item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                colour = _dice_colour(row[key]) if key.startswith("dice") else None
+                if colour is not None:
+                    item.setBackground(colour)
                 self.table.setItem(r, c, item)
-        self.table.resizeColumnsToContents()
+        header = self.table.horizontalHeader()  # the class column takes what is left: no sideways scrolling
+        header.setStretchLastSection(False)
+        for c in range(len(keys)):
+            header.setSectionResizeMode(c, QHeaderView.Stretch if c == 0 else QHeaderView.ResizeToContents)
         fit_table_height(self.table)

@@ -27,11 +27,17 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QPushButton,
     QSizePolicy,
-    QVBoxLayout,
     QWidget,
 )
 
-from napari_covidseg._widgets._common import add_lesion_labels, image_picker, layer_volume, lesion_picker, placement
+from napari_covidseg._widgets._common import (
+    add_lesion_labels,
+    image_picker,
+    layer_volume,
+    lesion_picker,
+    placement,
+    scrolling_layout,
+)
 from napari_covidseg._widgets._navigate import LesionNavigator
 from napari_covidseg._widgets._session import session_for
 from napari_covidseg._widgets._workers import readable
@@ -117,7 +123,7 @@ class CorrectWidget(QWidget):
         form.addRow("image", self.image)
         form.addRow("labels", self.labels)
         form.addRow("folder", folder_row)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addLayout(form)
         layout.addLayout(class_row)
         layout.addWidget(QLabel("Lesion slices of these labels"))
