@@ -58,10 +58,11 @@ screenshots: install system-deps
 test: install system-deps
 	QT_API=pyqt5 xvfb-run -a -s "-screen 0 1920x1080x24" $(PY) -m pytest -q
 
-# Screenshots of the real P002 DICOM series (needs ../shared/data): the CAM over segmented lesions.
+# Screenshots of the real P002 DICOM series (needs ../shared/data), all six docks on a 1920x1080 screen: the compare
+# grid, the CAM over segmented lesions, the whole window with Quantify -> docs/screenshots/p002_*.png
 P002 ?= ../shared/data/covid_ct_md_dicom_P002/P002
 screenshots-real: install system-deps
-	xvfb-run -a -s "-screen 0 1920x1080x24" $(PY) scripts/napari_cam_check.py $(P002) docs/screenshots/cam.png
+	xvfb-run -a -s "-screen 0 1920x1080x24" $(PY) scripts/napari_p002_screens.py $(P002) docs/screenshots/p002
 
 # Training and measurement (need ../shared/data; CPU works, a GPU is faster). See docs/RESULTS.md.
 intensity: install   # HU window that reproduces the 8-bit MedSeg slices -> docs/INTENSITY.md

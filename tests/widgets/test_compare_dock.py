@@ -100,7 +100,7 @@ def test_compare_adds_both_results_and_their_disagreement(viewer_with_ct, small_
 
 
 def test_compare_reuses_an_equal_segment_result(viewer_with_ct, qtbot):
-    """A result Segment already made is not added a second time ("ct lesions (unet) [1]")."""
+    """A result Segment already made is not added a second time ("ct lesions (unet) [1]"), nor the other way round."""
     from napari_covidseg._widgets.segment import SegmentWidget
 
     viewer = viewer_with_ct
@@ -115,9 +115,11 @@ def test_compare_reuses_an_equal_segment_result(viewer_with_ct, qtbot):
     assert viewer.layers["ct lesions (unet)"] is first
     assert not any("[1]" in layer.name for layer in viewer.layers)
     dock.grid.setChecked(False)
-    assert [layer.name for layer in viewer.layers] == [
-        "ct", "ct lesions (unet)", "ct lesions (resattunet)", "ct disagreement (unet vs resattunet)"
-    ]  # fmt: skip
+    names = ["ct", "ct lesions (unet)", "ct lesions (resattunet)", "ct disagreement (unet vs resattunet)"]
+    assert [layer.name for layer in viewer.layers] == names
+    segment.run_button.click()  # and Segment after Compare: the same result, the same layer, shown again
+    wait_for(qtbot, segment.runner)
+    assert [layer.name for layer in viewer.layers] == names and first.visible
 
 
 def test_cancel_right_after_run_adds_nothing(viewer_with_ct, qtbot):

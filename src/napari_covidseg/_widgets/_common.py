@@ -342,6 +342,19 @@ def placement(layer) -> dict:
     }
 
 
+def same_layer(viewer, name: str, data: np.ndarray, role: str):
+    """The layer called ``name`` if it is one of ours of ``role`` on this grid: a lesion layer is reused only when it
+    holds exactly ``data`` (never over someone's edits; an equal result is not added twice as "name [1]"); a
+    disagreement map is refreshed with ``data``. None otherwise."""
+    layer = viewer.layers[name] if name in viewer.layers else None
+    if layer is None or layer_role(layer) != role or np.shape(layer.data) != np.shape(data):
+        return None
+    if role == DISAGREEMENT:
+        layer.data = data
+        return layer
+    return layer if np.array_equal(np.asarray(layer.data), data) else None
+
+
 def add_lesion_labels(
     viewer, labels: np.ndarray, volume: CTVolume, like: dict, name: str, classes: dict, extra=None, image: str = ""
 ):

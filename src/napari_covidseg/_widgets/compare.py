@@ -25,6 +25,7 @@ from napari_covidseg._widgets._common import (
     is_lesion_labels,
     lungs_checkbox,
     new_table,
+    same_layer,
 )
 from napari_covidseg._widgets._dock import ImageJobDock
 from napari_covidseg._widgets._grid import CompareGrid
@@ -37,7 +38,7 @@ from napari_covidseg.analysis.compare import (
 )
 from napari_covidseg.constants import LESION_CLASSES, LESION_COLOURS
 from napari_covidseg.errors import InputError
-from napari_covidseg.layers import DISAGREEMENT, GEOMETRY_KEY, LESIONS, ROLE_KEY, SOURCE_KEY, layer_role
+from napari_covidseg.layers import DISAGREEMENT, GEOMETRY_KEY, LESIONS, ROLE_KEY, SOURCE_KEY
 
 if TYPE_CHECKING:
     import napari
@@ -165,7 +166,7 @@ class CompareWidget(ImageJobDock):
         results = []
         for seg in (seg_a, seg_b):
             name = f"{image_name} lesions ({seg.card.name})"
-            same = self._same_layer(name, seg.labels[0] if squeeze else seg.labels, LESIONS)
+            same = same_layer(self.viewer, name, seg.labels[0] if squeeze else seg.labels, LESIONS)
             if same is None:  # a new result (an equal one, e.g. from Segment, is reused: no "[1]" duplicate)
                 classes = {c["id"]: c["name"] for c in seg.card.classes}
                 extra = {"model": seg.card.name, "device": seg.device}
@@ -173,7 +174,7 @@ class CompareWidget(ImageJobDock):
             results.append(same)
         names = {k: v.format(a=name_a, b=name_b) for k, v in DISAGREEMENT_NAMES.items()}
         name = f"{image_name} disagreement ({name_a} vs {name_b})"
-        disagreement = self._same_layer(name, diff, DISAGREEMENT)
+        disagreement = same_layer(self.viewer, name, diff, DISAGREEMENT)
         if disagreement is None:
             metadata = {k: v for k, v in like["metadata"].items() if k in (GEOMETRY_KEY, "spacing")}
             metadata |= {"classes": names, "models": [name_a, name_b], ROLE_KEY: DISAGREEMENT, SOURCE_KEY: image_name}
@@ -201,17 +202,6 @@ class CompareWidget(ImageJobDock):
             f"{name_a} vs {name_b}: {seg_a.labels.shape[0]} slices each in {seconds:.1f} s on {seg_a.device}; "
             f"they disagree on {differ:.2f} ml"
         )
-
-    def _same_layer(self, name: str, data: np.ndarray, role: str):
-        """The layer called ``name`` if it is one of ours of ``role`` on this grid: a lesion layer is reused only
-        when it holds exactly ``data`` (never over someone's edits); a disagreement map is refreshed with it."""
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
-        if layer is None or layer_role(layer) != role or np.shape(layer.data) != np.shape(data):
-            return None
-        if role == DISAGREEMENT:
-            layer.data = data
-            return layer
-        return layer if np.array_equal(np.asarray(layer.data), data) else None
 
     def _fill_table(self, rows: list[dict]) -> None:
         """One row per dict of ``rows``; NaN (class in neither array) shows as an en dash; Dice cells coloured."""

@@ -14,11 +14,13 @@ from napari_covidseg._widgets._common import (
     framing_of,
     lungs_checkbox,
     new_table,
+    same_layer,
 )
 from napari_covidseg._widgets._dock import ImageJobDock
 from napari_covidseg._widgets._navigate import LesionNavigator
 from napari_covidseg.analysis.slices import lesion_voxels_per_slice
 from napari_covidseg.inference.segment import DEFAULT_BATCH_SIZE, Segmentation, iter_segment, summary_sentences
+from napari_covidseg.layers import LESIONS
 
 if TYPE_CHECKING:
     import napari
@@ -65,7 +67,10 @@ class SegmentWidget(ImageJobDock):
         classes = {c["id"]: c["name"] for c in seg.card.classes}
         name = f"{image_name} lesions ({seg.card.name})"
         extra = {"model": seg.card.name, "device": seg.device, "framing": seg.framing}
-        layer = add_lesion_labels(self.viewer, seg.labels, volume, like, name, classes, extra, image=image_name)
+        layer = same_layer(self.viewer, name, seg.labels[0] if volume.meta.get("squeezed") else seg.labels, LESIONS)
+        if layer is None:
+            layer = add_lesion_labels(self.viewer, seg.labels, volume, like, name, classes, extra, image=image_name)
+        layer.visible = True
         if self.show_lungs.isChecked() and seg.lungs is not None:
             add_lung_labels(self.viewer, seg.lungs, volume, like, f"{image_name} lungs")
             self.viewer.layers.selection.active = self.viewer.layers[name]  # the lesions stay the layer to edit
