@@ -444,7 +444,10 @@ def _class_names(class_names: dict[int, str] | None, labels: np.ndarray) -> dict
     """Label value -> name for every lesion class to report: the named ones plus any unnamed label present."""
     base = dict(LESION_CLASSES) if class_names is None else {int(k): str(v) for k, v in class_names.items()}
     base.pop(BACKGROUND, None)
-    present = np.flatnonzero(np.bincount(labels.ravel(), minlength=1)[1:]) + 1
+    counts = np.zeros(256, dtype=np.int64)
+    for plane in labels.reshape(labels.shape[0], -1) if labels.ndim > 1 else labels[None]:
+        counts += np.bincount(plane, minlength=256)[:256]  # a slice at a time: no int64 copy of the whole volume
+    present = np.flatnonzero(counts[1:]) + 1
     for k in present.tolist():
         base.setdefault(int(k), f"class {k}")
     return dict(sorted(base.items()))
