@@ -59,9 +59,11 @@ def test_correct_dock_follows_edits(viewer_with_ct, small_phantom):
     # a lesion painted later on slice 9, larger than the first one, is found without re-choosing the layer
     layer.data[9, 30:60, 30:60] = 2
     layer.refresh()
-    dock.navigator.next_button.click()
-    assert _viewer_slice(viewer, layer) == 9
     dock.navigator.most_button.click()
+    assert _viewer_slice(viewer, layer) == 9
+    dock.navigator.previous_button.click()
+    assert _viewer_slice(viewer, layer) == 3
+    dock.navigator.next_button.click()
     assert _viewer_slice(viewer, layer) == 9
     dock.navigator.previous_button.click()
     assert _viewer_slice(viewer, layer) == 3

@@ -69,13 +69,13 @@ class CompareGrid:
 
     def leave(self) -> None:
         """One view again: CT, the disagreement on top and visible, the two results hidden, other layers back."""
+        was_active, self.active = self.active, False  # first: switching napari's grid off calls back here
         grid = self.viewer.grid
         if grid.enabled:
             grid.enabled = False
         grid.stride = 1
-        if not self.active:
+        if not was_active:
             return
-        self.active = False
         layers = self.viewer.layers
         for view in self.views:
             if view in layers:

@@ -18,7 +18,7 @@ class LesionNavigator(QWidget):
     """``previous`` / ``most lesion`` / ``next`` for one 3-D Labels layer; the line below says where the view is.
 
     Lesion voxels per slice are counted when a layer is given (the Segment dock passes the counts its worker made)
-    and again before each step, so edits made since count too (one pass over the mask, ~0.1 s for 300 x 512²).
+    and again before each step, so edits made since count too (one pass over the mask, about 10 ms for 300 x 512²).
     """
 
     def __init__(self, viewer: napari.Viewer, parent=None):
@@ -33,7 +33,7 @@ class LesionNavigator(QWidget):
         self.most_button.setToolTip("The slice with the most lesion voxels")
         self.next_button.setToolTip("The nearest slice above this one that holds lesion")
         self.previous_button.clicked.connect(lambda: self.step(-1))
-        self.most_button.clicked.connect(self.go_to_most)
+        self.most_button.clicked.connect(lambda: self.go_to_most())  # not the slot: clicked passes checked=False
         self.next_button.clicked.connect(lambda: self.step(1))
         self.where = QLabel("")
         self.where.setWordWrap(True)
@@ -98,6 +98,8 @@ class LesionNavigator(QWidget):
         self.go_to(z)
 
     def _recount(self) -> None:
+        if self.layer is not None and self.layer not in self.viewer.layers:  # deleted meanwhile
+            self.set_layer(None)
         if self.layer is not None:
             self.counts = lesion_voxels_per_slice(self.layer.data)
 
