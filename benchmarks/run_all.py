@@ -3,7 +3,8 @@
     xvfb-run -a -s "-screen 0 1920x1200x24" python benchmarks/run_all.py [--reuse] [--sweep] [--quick]
 
 Steps, one at a time (the benchmark machine has 2 shared cores): ``segment_cpu.py`` (the 300x512x512 phantom, default
-settings), ``stall_probe.py --full`` (a real napari viewer under Xvfb), ``speed_steps.py`` (what each speed step
+settings), ``stall_probe.py --full`` (a real napari viewer under Xvfb), ``first_call.py`` (first vs second
+Segment of a fresh napari process, Quantify in the dock), ``speed_steps.py`` (what each speed step
 gains, 64 slices, 2 rounds), ``finetune_cpu.py`` (10 corrected slices, 100 steps; ``--reuse`` keeps
 results/finetune_cpu.json when it exists). ``--sweep`` also runs ``segment_cpu.py --sweep --repeats 2`` (batch,
 threads, bfloat16: ~8 min); without it the existing
@@ -147,6 +148,29 @@ def build_rows(seg: dict | None, stall: dict | None, tune: dict | None) -> list[
                      f"{tune['wall_seconds']:.1f} s ({tune['seconds_per_step']:.2f} s/step)",
                      "none set in the issue", ""))  # fmt: skip
     return rows
+
+
+def first_call_rows(first: dict | None) -> list[tuple[str, str, str, str]]:
+    """benchmarks/first_call.py: the first Segment of a fresh napari process against the second, and Quantify."""
+    if not first:
+        return []
+    shape = "x".join(map(str, first["shape"]))
+    full = first["shape"][0] >= 150
+    return [
+        (
+            f"First Segment in a fresh napari process vs the second ({shape}, {first['torch_threads']} threads)",
+            f"{first['first_segment_seconds']:.1f} s / {first['second_segment_seconds']:.1f} s "
+            f"(x{first['first_over_second']:.2f})",
+            "<= 1.5x",
+            met(first["first_over_second"] <= 1.5),
+        ),
+        (
+            f"Quantify dock on {shape}, click to table",
+            f"{first['quantify_seconds']:.1f} s (bar still <= {first['quantify_longest_still_seconds']:.1f} s)",
+            "<= 5 s",
+            met(first["quantify_seconds"] <= 5.0 if full else None),
+        ),
+    ]
 
 
 def table(rows) -> str:
@@ -383,13 +407,14 @@ def main() -> int:
         run_script(str(here / "stall_probe.py"), *(["--slices", "64"] if args.quick else ["--full"]), *threads)
         run_script(str(here / "speed_steps.py"), *(["--slices", "16", "--rounds", "1"] if args.quick else []),
                    *threads)  # fmt: skip
+        run_script(str(here / "first_call.py"), *(["--slices", "32"] if args.quick else []), *threads)
         if not (args.reuse and (R / "finetune_cpu.json").is_file()):
             run_script(str(here / "finetune_cpu.py"), *threads)
         if args.sweep:
             run_script(str(here / "segment_cpu.py"), "--sweep", "--repeats", str(args.repeats), *slices, *threads)
     seg, stall, tune = (load(n) for n in ("segment_cpu.json", "stall_probe.json", "finetune_cpu.json"))
     found_sweeps = sweeps()
-    rows = build_rows(seg, stall, tune)
+    rows = build_rows(seg, stall, tune) + first_call_rows(load("first_call.json"))
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": _bench.machine_info(),
