@@ -75,6 +75,7 @@ def main() -> int:
         "quantify_seconds": round(quant, 2),
         "quantify_progress": [[round(t, 2), v] for t, v in values],
         "quantify_longest_still_seconds": round(longest_still, 2),
+        "quantify_reused_segment_lung_mask": any("made when segmenting" in n for n in quantify.last[0].notes),
     }
     _bench.write_json(_bench.RESULTS / "first_call.json", result)
     print(

@@ -60,3 +60,30 @@ def test_lesions_of_another_scan_give_a_message(viewer_with_ct, qtbot):
     dock.run_button.click()
     assert "was not drawn on" in dock.status.text() and not dock.runner.running
     assert [layer.name for layer in viewer.layers] == ["ct", "other"]
+
+
+def test_quantify_reuses_the_lung_mask_of_segment(viewer_with_ct, small_phantom, qtbot):
+    """After Segment, Quantify takes the lung mask Segment made of that very CT (the same classical mask, not computed
+    twice) and gives the numbers the core gives when it computes the mask itself."""
+    from napari_covidseg._widgets.segment import SegmentWidget
+
+    viewer = viewer_with_ct
+    segment = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(segment)
+    segment.run_button.click()
+    wait_for(qtbot, segment.runner)
+    dock = QuantifyWidget(viewer)
+    viewer.window.add_dock_widget(dock)
+    assert dock.lesions.currentText() == "ct lesions (unet)"
+    dock.run_button.click()
+    wait_for(qtbot, dock.runner)
+    assert dock.runner.outcome == "returned", dock.status.text()
+    q, _, lesions, lungs = dock.last
+    assert any("made when segmenting" in note for note in q.notes)
+    classes = {1: "ground-glass opacity", 2: "consolidation"}  # the unet card's lesion classes, as the dock passes
+    expected, expected_lungs = quantify(small_phantom.volume("phantom"), lesions, class_names=classes)
+    np.testing.assert_array_equal(lungs, expected_lungs)
+    assert q.involvement_pct == pytest.approx(expected.involvement_pct)
+    for name, by_side in expected.lesion_ml.items():
+        assert q.lesion_ml[name] == pytest.approx(by_side)
+    assert q.severity == expected.severity

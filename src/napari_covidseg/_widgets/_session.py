@@ -30,3 +30,29 @@ def session_for(viewer) -> CorrectionSession:
     if viewer not in _SESSIONS:
         _SESSIONS[viewer] = CorrectionSession()
     return _SESSIONS[viewer]
+
+
+# Lung masks made while segmenting, for the Quantify dock (the same classical HU mask it would compute again): lesion
+# Labels layer -> (weak reference to the CT array it was made from, lung mask). Gone with the layer; reused only
+# for that very CT array.
+_LUNGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def remember_lungs(labels_layer, ct_data, lungs) -> None:
+    try:
+        _LUNGS[_unwrap(labels_layer)] = (weakref.ref(_unwrap(ct_data)), lungs)
+    except TypeError:  # an array type without weak references (e.g. a view of a memmap subclass): nothing kept
+        pass
+
+
+def lungs_for(labels_layer, ct_data):
+    """The lung mask remembered for ``labels_layer`` if it was made from ``ct_data`` itself, else None."""
+    entry = _LUNGS.get(_unwrap(labels_layer))
+    if entry is None or entry[0]() is not _unwrap(ct_data):
+        return None
+    return entry[1]
+
+
+def _unwrap(obj):
+    """The object behind napari's plugin proxy (a dock's viewer hands out short-lived proxies of its layers)."""
+    return getattr(obj, "__wrapped__", obj)

@@ -16,6 +16,7 @@ from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QTable
 
 from napari_covidseg._widgets._common import add_lung_labels, fit_table_height, lesion_picker, new_table
 from napari_covidseg._widgets._dock import ImageJobDock
+from napari_covidseg._widgets._session import lungs_for
 from napari_covidseg.analysis.quantify import SEVERITY_SCHEME, SIDES, Quantification, iter_quantify, write_csv
 from napari_covidseg.errors import InputError
 
@@ -70,9 +71,18 @@ class QuantifyWidget(ImageJobDock):
         lesions = lesions.copy()  # a snapshot: edits during the job do not change its numbers
         classes = {int(k): v for k, v in labels.metadata.get("classes", {}).items()} or None
         model = labels.metadata.get("model") or f"labels layer {labels.name!r}"
+        known = lungs_for(labels, layer.data)  # the lung mask Segment made of this very CT, if any
+        note = "lung mask: classical HU lung mask (thresholds and morphology, no network), made when segmenting"
 
         def job():
-            q, lungs = yield from iter_quantify(volume, lesions, class_names=classes, model=model)
+            q, lungs = yield from iter_quantify(
+                volume,
+                lesions,
+                lungs=known,
+                lungs_note=note if known is not None else None,
+                class_names=classes,
+                model=model,
+            )
             return q, volume, lesions, lungs
 
         return job, f"Quantifying {labels.name}"

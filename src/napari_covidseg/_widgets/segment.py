@@ -18,6 +18,7 @@ from napari_covidseg._widgets._common import (
 )
 from napari_covidseg._widgets._dock import ImageJobDock
 from napari_covidseg._widgets._navigate import LesionNavigator
+from napari_covidseg._widgets._session import remember_lungs
 from napari_covidseg.analysis.slices import lesion_voxels_per_slice
 from napari_covidseg.inference.segment import DEFAULT_BATCH_SIZE, Segmentation, iter_segment, summary_sentences
 from napari_covidseg.layers import LESIONS
@@ -71,6 +72,9 @@ class SegmentWidget(ImageJobDock):
         if layer is None:
             layer = add_lesion_labels(self.viewer, seg.labels, volume, like, name, classes, extra, image=image_name)
         layer.visible = True
+        source = self.viewer.layers[image_name] if image_name in self.viewer.layers else None
+        if seg.lungs is not None and source is not None:
+            remember_lungs(layer, source.data, seg.lungs)  # the Quantify dock need not compute it again
         if self.show_lungs.isChecked() and seg.lungs is not None:
             add_lung_labels(self.viewer, seg.lungs, volume, like, f"{image_name} lungs")
             self.viewer.layers.selection.active = self.viewer.layers[name]  # the lesions stay the layer to edit
