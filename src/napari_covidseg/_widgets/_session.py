@@ -1,4 +1,5 @@
-"""What the Correct and Fine-tune docks of one viewer share: the corrections folder and the slices saved so far."""
+"""What the docks of one viewer share: the corrections folder and the slices saved so far (Correct, Fine-tune), and
+the lung masks Segment made (Quantify)."""
 
 from __future__ import annotations
 
