@@ -65,6 +65,10 @@ def test_compare_adds_both_results_and_their_disagreement(viewer_with_ct, small_
     assert list(diff_layer.features["class"][1:3]) == ["lesion only in unet", "lesion only in resattunet"]
 
     assert viewer.grid.enabled and dock.grid.isChecked()
+    # the view is on the slice where the two models disagree most
+    per_slice = [int(np.count_nonzero(s)) for s in diff]
+    assert max(per_slice) > 0  # the two bundled models do disagree on the phantom
+    assert int(round(diff_layer.world_to_data(viewer.dims.point)[0])) == int(np.argmax(per_slice))
 
     # one row per lesion class of unet's card plus the infection group, in the table and in last_rows
     rows = dock.last_rows

@@ -36,6 +36,7 @@ from napari_covidseg.analysis.compare import (
     OTHER_CLASS,
     iter_compare,
 )
+from napari_covidseg.analysis.slices import busiest_slice, lesion_voxels_per_slice
 from napari_covidseg.constants import LESION_CLASSES, LESION_COLOURS
 from napari_covidseg.errors import InputError
 from napari_covidseg.layers import DISAGREEMENT, GEOMETRY_KEY, LESIONS, ROLE_KEY, SOURCE_KEY
@@ -197,6 +198,13 @@ class CompareWidget(ImageJobDock):
             self._set_grid(True)
         else:
             self.grid.setChecked(True)  # -> _set_grid: the panels side by side
+        if disagreement.ndim == 3:  # the view moves to where the models disagree most (or, if nowhere, lesions are)
+            counts = lesion_voxels_per_slice(disagreement.data)
+            if not counts.any():
+                counts = lesion_voxels_per_slice(results[0].data)
+            z = busiest_slice(counts)
+            if z is not None:
+                self.viewer.dims.set_point(0, disagreement.data_to_world((z, 0, 0))[0])
         seconds = seg_a.seconds + seg_b.seconds
         self.runner.set_status(
             f"{name_a} vs {name_b}: {seg_a.labels.shape[0]} slices each in {seconds:.1f} s on {seg_a.device}; "
